@@ -1,0 +1,1 @@
+"""Configuration: YAML with line numbers, typed models, precise errors."""

@@ -1,0 +1,260 @@
+"""Typed configuration models (DESIGN.md section 7).
+
+Every model rejects unknown keys. Driver-specific device models live in each driver's
+``config.py`` and subclass :class:`DeviceConfig`; the loader assembles them into one
+discriminated union on ``driver`` (see :mod:`agent.config.loader`).
+"""
+
+from __future__ import annotations
+
+import enum
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AgentConfig",
+    "BufferConfig",
+    "Bus",
+    "ClockConfig",
+    "Community",
+    "ControlConfig",
+    "DeviceConfig",
+    "DeviceKind",
+    "Durability",
+    "Gateway",
+    "HttpUplink",
+    "Location",
+    "LoggingConfig",
+    "SecretRef",
+    "SerialBus",
+    "StrictModel",
+    "TcpBus",
+    "UplinkConfig",
+]
+
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Ident = Annotated[str, Field(pattern=IDENT)]
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Community(StrictModel):
+    code: Annotated[str, Field(pattern=r"^\d{12}$")]
+    """12-digit statistical division code: 6-digit county + 3-digit street + 3-digit community."""
+    name: str | None = None
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_is_text(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            raise ValueError(
+                'must be quoted: write the 12-digit code as a string, e.g. "350102001001"'
+            )
+        return value
+
+
+class Gateway(StrictModel):
+    id: Ident
+    name: str | None = None
+    community: Community
+    timezone: str = "Asia/Shanghai"
+    code: Annotated[str, Field(pattern=r"^\d{20}$")] | None = None
+    """The gateway's own 20-digit code; derived like a device's when absent."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {value!r} (an IANA name such as Asia/Shanghai)"
+            ) from None
+        return value
+
+
+class Durability(enum.StrEnum):
+    FULL = "full"
+    """fsync on every commit: survives a power cut (the default)."""
+    NORMAL = "normal"
+    """WAL without fsync per commit: survives a crash, may lose the last commits on power loss."""
+
+
+class BufferConfig(StrictModel):
+    path: Path = Path("/var/lib/edge-agent/buffer.db")
+    max_size_mb: Annotated[float, Field(gt=0)] = 1024
+    max_age_days: Annotated[float, Field(gt=0)] | None = None
+    durability: Durability = Durability.FULL
+    commit_interval_ms: Annotated[int, Field(ge=0, le=5000)] = 50
+    """Group commit window: appends arriving within it share one transaction."""
+
+
+class SecretRef(StrictModel):
+    """Where a secret comes from. Its value is read at start, never logged, never validated here."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+
+class HttpUplink(StrictModel):
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    key_id: Annotated[str, Field(min_length=1)]
+    secret: SecretRef
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30
+    batch_max_records: Annotated[int, Field(ge=1, le=50_000)] = 2000
+    batch_max_kb: Annotated[int, Field(ge=1, le=65_536)] = 1024
+    backoff_cap_s: Annotated[float, Field(gt=0, le=3600)] = 300
+    first_attempt_jitter_s: Annotated[float, Field(ge=0, le=3600)] = 10
+    """A district power cut brings hundreds of gateways back at once: spread the first upload."""
+    commands: bool = True
+    """Long-poll the platform for commands."""
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> HttpUplink:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class UplinkConfig(StrictModel):
+    http: HttpUplink | None = None
+
+
+class SerialBus(StrictModel):
+    port: Annotated[str, Field(min_length=1)]
+    baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["none", "even", "odd"] = "none"
+    data_bits: Literal[7, 8] = 8
+    stop_bits: Literal[1, 2] = 1
+    inter_frame_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    """Extra silence between frames; default is the protocol's own (3.5 characters for Modbus)."""
+
+
+class TcpBus(StrictModel):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    framer: Literal["socket", "rtu"] = "socket"
+    max_in_flight: Annotated[int, Field(ge=1, le=16)] = 1
+
+
+class Bus(StrictModel):
+    id: Ident
+    serial: SerialBus | None = None
+    tcp: TcpBus | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Bus:
+        if (self.serial is None) == (self.tcp is None):
+            raise ValueError("a bus needs exactly one of 'serial' or 'tcp'")
+        return self
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests allowed at once: one on a serial line, configurable on TCP."""
+        return self.tcp.max_in_flight if self.tcp is not None else 1
+
+
+class Location(StrictModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    building: str | None = None
+    unit: str | None = None
+    floor: int | None = None
+    room: str | None = None
+
+
+class DeviceKind(enum.StrEnum):
+    """What a device is; selects the 3-digit type of its GB/T 28181 code."""
+
+    ELECTRICITY_METER = "electricity_meter"
+    WATER_METER = "water_meter"
+    HEAT_METER = "heat_meter"
+    GAS_METER = "gas_meter"
+    ACCESS_CONTROLLER = "access_controller"
+    CAMERA = "camera"
+    ALARM_INPUT = "alarm_input"
+    TAG = "tag"
+    SENSOR = "sensor"
+    OTHER = "other"
+
+
+class DeviceConfig(StrictModel):
+    """Fields every device has, whatever its driver."""
+
+    id: Ident
+    driver: str
+    name: str | None = None
+    kind: DeviceKind = DeviceKind.OTHER
+    bus: Ident | None = None
+    code: Annotated[str, Field(pattern=r"^\d{20}$")] | None = None
+    """Stable 20-digit GB/T 28181-layout code; derived from community, kind, serial_no if absent."""
+    serial_no: Annotated[int, Field(ge=0, le=999_999)] | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    location: Location | None = None
+    enabled: bool = True
+    interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 60
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    offline_after: Annotated[int, Field(ge=1, le=100)] = 3
+    """Consecutive failed reads before the device is reported offline."""
+    backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300
+    """Longest wait between probes of an offline device."""
+    commands: list[str] = Field(default_factory=list)
+    """Command actions the platform or a technician may run on this device (allowlist)."""
+
+    bus_kinds: ClassVar[frozenset[str]] = frozenset()
+    """Which bus transports the driver can use (``serial``, ``tcp``); empty: it takes no bus."""
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_is_text(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            raise ValueError("must be quoted: write the 20-digit code as a string")
+        return value
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: readable on a terminal, JSON lines otherwise (journald)."""
+
+
+class ClockConfig(StrictModel):
+    synced: Literal["auto", "always", "never"] = "auto"
+    """auto: ask the kernel (adjtimex) and systemd-timesyncd whether the clock is synchronised."""
+
+
+class ControlConfig(StrictModel):
+    socket: Path | None = None
+    """Local control socket for ``edge-agent command``; defaults beside the buffer file."""
+
+
+class AgentConfig(StrictModel):
+    gateway: Gateway
+    buffer: BufferConfig = BufferConfig()
+    uplink: UplinkConfig = UplinkConfig()
+    buses: list[Bus] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    logging: LoggingConfig = LoggingConfig()
+    clock: ClockConfig = ClockConfig()
+    control: ControlConfig = ControlConfig()
+
+    def bus(self, bus_id: str) -> Bus | None:
+        return next((b for b in self.buses if b.id == bus_id), None)
