@@ -124,6 +124,8 @@ class HttpUplink(StrictModel):
     """A district power cut brings hundreds of gateways back at once: spread the first upload."""
     commands: bool = True
     """Long-poll the platform for commands."""
+    command_key_file: Path | None = None
+    """The platform's Ed25519 public key (PEM) that signs commands; needed when commands is on."""
 
     @model_validator(mode="after")
     def _cert_pair(self) -> HttpUplink:
