@@ -1,0 +1,205 @@
+"""``edge-agent``: the one command installers, technicians and systemd use.
+
+Imports are lazy per sub-command so that ``check-config`` stays fast and never pulls in a
+protocol library or the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+
+__all__ = ["main"]
+
+EX_CONFIG = 78
+"""sysexits' EX_CONFIG: systemd's unit does not restart-loop on it (RestartPreventExitStatus)."""
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.config.errors import ConfigError  # noqa: PLC0415
+    from agent.config.loader import load_config  # noqa: PLC0415
+    from agent.logs import configure_logging, get_logger  # noqa: PLC0415
+    from agent.runtime import Runtime  # noqa: PLC0415
+    from agent.systemd import Notifier, watchdog_interval, watchdog_loop  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"{args.config}: not started: {len(exc.issues)} error(s)", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(config.logging.level, args.log_format or config.logging.format)
+    notifier = Notifier()
+
+    async def main() -> int:
+        runtime = Runtime(
+            config, config_path=Path(args.config), loader=load_config, notifier=notifier
+        )
+        interval = watchdog_interval()
+        watchdog = (
+            asyncio.create_task(watchdog_loop(notifier, interval), name="systemd-watchdog")
+            if interval
+            else None
+        )
+        try:
+            return await runtime.run()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        get_logger().error("agent.failed", error=str(exc))
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from agent.config.loader import check_config_command  # noqa: PLC0415
+
+    return check_config_command(args.config, sys.stdout, sys.stderr)
+
+
+def _buffer_path(args: argparse.Namespace) -> Path | None:
+    if args.path is not None:
+        return Path(args.path)
+    from agent.config.errors import ConfigError  # noqa: PLC0415
+    from agent.config.loader import load_config  # noqa: PLC0415
+
+    try:
+        return load_config(args.config).buffer.path
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def _buffer(args: argparse.Namespace) -> int:
+    from buffer.cli import export_command, stats_command  # noqa: PLC0415
+
+    path = _buffer_path(args)
+    if path is None:
+        return 1
+    if args.buffer_command == "stats":
+        return stats_command(path, as_json=args.json, out=sys.stdout)
+    return export_command(path, poison=args.poison, out=sys.stdout)
+
+
+def _reference_platform(args: argparse.Namespace) -> int:
+    from agent.uplink.reference_platform import main as platform_main  # noqa: PLC0415
+
+    return platform_main(args.rest)
+
+
+def _parse_arg(text: str) -> tuple[str, object]:
+    import yaml  # noqa: PLC0415
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    # YAML scalars give installers natural typing: on=true, output=1, text='a b'.
+    return key, yaml.safe_load(raw) if raw else ""
+
+
+def _command(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from agent.control import send_request  # noqa: PLC0415
+
+    if args.socket is not None:
+        path = Path(args.socket)
+    else:
+        from agent.config.errors import ConfigError  # noqa: PLC0415
+        from agent.config.loader import load_config  # noqa: PLC0415
+        from agent.runtime import Runtime  # noqa: PLC0415
+
+        try:
+            path = Runtime.control_path(load_config(args.config))
+        except ConfigError as exc:
+            for issue in exc.issues:
+                print(issue, file=sys.stderr)
+            return 1
+    request = {"device": args.device, "action": args.action, "args": dict(args.args)}
+    try:
+        answer = asyncio.run(send_request(path, request, timeout_s=args.timeout))
+    except (OSError, TimeoutError) as exc:
+        print(f"cannot reach the agent at {path}: {exc} (is it running?)", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, ensure_ascii=False, indent=2))
+    return 0 if answer.get("status") == "ok" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Community edge gateway agent: devices -> durable buffer -> city platform.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
+    run.add_argument("config", help="the agent's YAML config file")
+    run.add_argument(
+        "--log-format", choices=["auto", "json", "console"], help="override logging.format"
+    )
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 1 on any error")
+    check.add_argument("config")
+    check.set_defaults(func=_check_config)
+
+    buf = sub.add_parser("buffer", help="inspect the store-and-forward buffer (read-only)")
+    buf_sub = buf.add_subparsers(dest="buffer_command", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("stats", "backlog size, age, drops, epoch"),
+        ("export", "records as JSON lines on stdout"),
+    ):
+        p = buf_sub.add_parser(name, help=help_text)
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", help="take the buffer path from this config")
+        where.add_argument("--path", help="the buffer file itself")
+        if name == "stats":
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        else:
+            p.add_argument("--poison", action="store_true", help="export set-aside batches")
+        p.set_defaults(func=_buffer)
+
+    cmd = sub.add_parser(
+        "command",
+        help="run a command on a device through the running agent (local control socket)",
+        description="Example: edge-agent command --config agent.yaml door-1 output.set on=true",
+    )
+    where = cmd.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="find the control socket from this config")
+    where.add_argument("--socket", help="the control socket itself")
+    cmd.add_argument("--timeout", type=float, default=30, help="seconds to wait for the answer")
+    cmd.add_argument("device")
+    cmd.add_argument("action")
+    cmd.add_argument("args", nargs="*", type=_parse_arg, metavar="KEY=VALUE")
+    cmd.set_defaults(func=_command)
+
+    ref = sub.add_parser(
+        "reference-platform",
+        help="run the reference city platform (uplink API v1 server)",
+        add_help=False,
+    )
+    ref.add_argument("rest", nargs=argparse.REMAINDER)
+    ref.set_defaults(func=_reference_platform)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The local control socket: how ``edge-agent command`` reaches the running agent on site.
+
+A Unix stream socket (mode 0660, so only root and the agent's group may use it) carrying one
+JSON request and one JSON answer per connection. Commands take exactly the same path as the
+platform's: allowlist, validation, the driver, an audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent.driver import CommandError
+
+__all__ = ["ControlServer", "send_request"]
+
+Executor = Callable[..., Awaitable[Mapping[str, Any]]]
+_MAX_REQUEST = 64 * 1024
+
+
+class ControlServer:
+    def __init__(self, path: Path, execute: Executor) -> None:
+        self.path = path
+        self._execute = execute
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a killed agent
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            answer = await self._answer(line)
+        except (TimeoutError, ConnectionError):
+            answer = {"status": "failed", "reason": "bad_request", "error": "no request"}
+        with contextlib.suppress(ConnectionError):
+            writer.write(orjson.dumps(answer) + b"\n")
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        if len(line) > _MAX_REQUEST:
+            return {"status": "failed", "reason": "bad_request", "error": "request too large"}
+        try:
+            request = orjson.loads(line)
+            device, action = request["device"], request["action"]
+            args = request.get("args", {})
+            if not (isinstance(device, str) and isinstance(action, str) and isinstance(args, dict)):
+                raise TypeError  # noqa: TRY301 - one answer for every malformed request
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return {
+                "status": "failed",
+                "reason": "bad_request",
+                "error": 'expected {"device": …, "action": …, "args": {…}}',
+            }
+        command_id = f"local-{secrets.token_hex(4)}"
+        try:
+            result = await self._execute(
+                device, action, args, source="local", command_id=command_id
+            )
+        except CommandError as exc:
+            return {"status": "failed", "id": command_id, "reason": exc.reason, "error": str(exc)}
+        return {"status": "ok", "id": command_id, "result": dict(result)}
+
+
+async def send_request(path: Path, request: Mapping[str, Any], *, timeout_s: float = 30) -> Any:
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout_s)
+    try:
+        writer.write(orjson.dumps(request) + b"\n")
+        await writer.drain()
+        return orjson.loads(await asyncio.wait_for(reader.readline(), timeout_s))
+    finally:
+        writer.close()

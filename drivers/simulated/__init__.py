@@ -1,0 +1,1 @@
+"""The simulated driver: deterministic devices for commissioning, demos and tests."""

@@ -1,0 +1,285 @@
+"""The runtime against real SQLite buffers: scheduling, supervision, signals, clock."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_proc import AgentProcess, buffer_records, sim_device, wait_for, write_config
+
+from agent.clock import Clock
+from agent.config.loader import load_config
+from agent.driver import Health
+from agent.runtime import Runtime
+
+
+async def _run_until(
+    runtime: Runtime, condition: Any, *, timeout_s: float = 60.0, what: str = "condition"
+) -> None:
+    task = asyncio.create_task(runtime.run(install_signals=False))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not condition():
+            if task.done():
+                await task
+                pytest.fail("the runtime stopped by itself")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+def _reading_times(records: list[dict[str, Any]], device: str) -> list[int]:
+    return [r["ts"] for r in records if r["kind"] == "reading" and r["device"] == device]
+
+
+async def test_silent_device_backs_off_while_others_keep_their_interval(tmp_path: Path) -> None:
+    interval = 0.5
+    healthy = [f"meter-{i}" for i in range(7)]
+    devices = [sim_device(i, bus="line-1", interval_s=interval, latency_ms=20) for i in healthy]
+    devices.append(
+        sim_device(
+            "dead",
+            bus="line-1",
+            interval_s=interval,
+            timeout_s=0.4,
+            offline_after=2,
+            backoff_max_s=4,
+            failure={"mode": "silent"},
+        )
+    )
+    path = write_config(
+        tmp_path, devices, buses=[{"id": "line-1", "serial": {"port": "/dev/ttyUSB0"}}]
+    )
+    runtime = Runtime(load_config(path), clock=Clock("always"))
+    await _run_until(
+        runtime,
+        lambda: all(runtime.state.devices[i].reads >= 20 for i in healthy),
+        what="20 reads of every healthy meter",
+    )
+    dead = runtime.state.devices["dead"]
+    records = buffer_records(tmp_path / "buffer.db")
+
+    for device in healthy:
+        times = _reading_times(records, device)
+        gaps = [(b - a) / 1000 for a, b in zip(times, times[1:], strict=False)]
+        assert abs(statistics.mean(gaps) - interval) <= 0.1 * interval, (device, gaps)
+    # The dead meter was tried far less often than the healthy ones were read...
+    assert dead.health is Health.DOWN
+    assert dead.failures <= runtime.state.devices["meter-0"].reads / 2
+    assert dead.errors["timeout"] == dead.failures
+    # ...and reported offline exactly once, with the reason.
+    offline = [r for r in records if r["kind"] == "status" and r["device"] == "dead"]
+    assert [(r["state"], r["reason"]) for r in offline] == [("offline", "timeout")]
+
+
+async def test_crashing_driver_is_restarted_with_backoff_and_an_event(tmp_path: Path) -> None:
+    devices = [
+        sim_device("steady", interval_s=0.2),
+        sim_device("buggy", interval_s=0.2, failure={"mode": "crash", "after_polls": 2}),
+    ]
+    runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
+    await _run_until(
+        runtime, lambda: runtime.state.devices["buggy"].restarts >= 2, what="two restarts"
+    )
+    steady_reads = runtime.state.devices["steady"].reads
+    records = buffer_records(tmp_path / "buffer.db")
+    crashes = [r for r in records if r["kind"] == "event" and r["type"] == "agent.task_crashed"]
+    assert [c["data"]["restarts"] for c in crashes[:2]] == [1, 2]
+    assert crashes[0]["data"]["task"] == "driver[simulated:buggy]"
+    assert "simulated driver crash" in crashes[0]["data"]["error"]
+    # Backoff grows: the second wait is longer than the first (1 s then 2 s, +-20 % jitter).
+    assert crashes[1]["data"]["restart_in_s"] > crashes[0]["data"]["restart_in_s"]
+    # The steady device kept polling all along (about 5 reads a second over >= 1 s of backoff).
+    assert steady_reads >= 5
+    assert runtime.state.devices["buggy"].reads >= 2
+
+
+async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -> None:
+    synced = [False]
+    skew = [-3600.0]  # the gateway booted an hour behind
+
+    clock = Clock(
+        "auto", probe=lambda: synced[0], wall=lambda: time.time() + skew[0], poll_s=0.05
+    )
+    runtime = Runtime(
+        load_config(write_config(tmp_path, [sim_device("m", interval_s=0.1)])), clock=clock
+    )
+    task = asyncio.create_task(runtime.run(install_signals=False))
+    try:
+        await asyncio.wait_for(_until(lambda: runtime.state.devices["m"].reads >= 3), 30)
+        skew[0] = 0.0  # NTP steps the clock
+        synced[0] = True
+        await asyncio.wait_for(_until(lambda: runtime.state.clock_synced), 30)
+        reads_at_sync = runtime.state.devices["m"].reads
+        await asyncio.wait_for(_until(lambda: runtime.state.devices["m"].reads > reads_at_sync), 30)
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+    records = buffer_records(tmp_path / "buffer.db")
+    readings = [r for r in records if r["kind"] == "reading"]
+    now_ms = time.time() * 1000
+    assert all(r["ts_synced"] for r in readings)
+    # Every stamp, early ones included, is now within a minute of the true time, not an hour off.
+    assert all(abs(r["ts"] - now_ms) < 60_000 for r in readings)
+    synced_events = [r for r in records if r["kind"] == "event" and r["type"] == "agent.clock_synced"]
+    assert len(synced_events) == 1
+    assert abs(synced_events[0]["data"]["correction_ms"] - 3_600_000) < 5_000
+    assert synced_events[0]["data"]["records_corrected"] >= 3
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.02)
+
+
+async def test_commands_are_allowlisted_validated_and_audited(tmp_path: Path) -> None:
+    from agent.driver import CommandError
+
+    devices = [
+        sim_device("door", commands=["output.set"]),
+        sim_device("other"),
+    ]
+    runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
+    task = asyncio.create_task(runtime.run(install_signals=False))
+    try:
+        await asyncio.wait_for(_until(lambda: "door" in runtime.devices), 30)
+        result = await runtime.execute_command(
+            "door", "output.set", {"output": 1, "on": True}, source="test", command_id="c1"
+        )
+        assert result == {"output": 1, "on": True}
+        with pytest.raises(CommandError) as refused:
+            await runtime.execute_command(
+                "door", "simulate.fault", {"mode": "silent"}, source="test", command_id="c2"
+            )
+        assert refused.value.reason == "not_allowed"
+        with pytest.raises(CommandError) as bad:
+            await runtime.execute_command(
+                "door", "output.set", {"output": 1, "on": "yes"}, source="test", command_id="c3"
+            )
+        assert bad.value.reason == "bad_args"
+        with pytest.raises(CommandError) as unknown:
+            await runtime.execute_command(
+                "ghost", "output.set", {}, source="test", command_id="c4"
+            )
+        assert unknown.value.reason == "unknown_device"
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+    audit = [
+        r["data"]
+        for r in buffer_records(tmp_path / "buffer.db")
+        if r["kind"] == "event" and r["type"] == "agent.command"
+    ]
+    assert [(a["id"], a["status"], a.get("reason")) for a in audit] == [
+        ("c1", "ok", None),
+        ("c2", "failed", "not_allowed"),
+        ("c3", "failed", "bad_args"),
+        ("c4", "failed", "unknown_device"),
+    ]
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_everything_accepted_in_the_buffer(tmp_path: Path) -> None:
+    devices = [sim_device(f"m{i}", interval_s=0.05, latency_ms=30) for i in range(20)]
+    agent = AgentProcess(write_config(tmp_path, devices))
+    try:
+        agent.wait_event("agent.starting")
+        wait_for(
+            lambda: (tmp_path / "buffer.db").exists() and len(buffer_records(tmp_path / "buffer.db")) > 200,
+            what="records in the buffer",
+        )
+    finally:
+        code = agent.stop()
+    assert code == 0, "".join(agent.raw[-20:])
+    stopped = agent.events("agent.stopped")
+    assert stopped, "".join(agent.raw[-20:])
+    records = buffer_records(tmp_path / "buffer.db")
+    # Every record the agent accepted (its own count, logged at exit) is in the buffer...
+    assert len(records) == stopped[-1]["records_accepted"]
+    # ...with no gap in seq, and the last one is the stop event written during shutdown.
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1]["kind"] == "event"
+    assert records[-1]["type"] == "agent.stopped"
+
+
+@pytest.mark.slow
+def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [sim_device("a", interval_s=0.1)])
+    agent = AgentProcess(path)
+    try:
+        agent.wait_event("agent.starting")
+        good = path.read_text()
+        path.write_text(good.replace("interval_s: 0.1", "interval_s: soon"))
+        agent.signal(signal.SIGHUP)
+        rejected = agent.wait_event("config.rejected")
+        assert any("devices[0].interval_s" in e for e in rejected["errors"]), rejected
+        assert rejected["hint"] == "still running on the previous config"
+        reads_before = len(buffer_records(tmp_path / "buffer.db"))
+        wait_for(
+            lambda: len(buffer_records(tmp_path / "buffer.db")) > reads_before + 5,
+            what="the old config still producing records",
+        )
+        assert agent.proc.poll() is None
+        # A valid change is applied: a new device starts.
+        path.write_text(
+            good.replace(
+                "devices:\n",
+                "devices:\n- id: b\n  driver: simulated\n  interval_s: 0.1\n"
+                "  points: [{name: w, kind: constant, value: 7}]\n",
+            )
+        )
+        agent.signal(signal.SIGHUP)
+        reloaded = agent.wait_event("config.reloaded")
+        assert reloaded["devices_added"] == ["b"]
+        wait_for(
+            lambda: any(
+                r["device"] == "b" and r["kind"] == "reading"
+                for r in buffer_records(tmp_path / "buffer.db")
+            ),
+            what="readings of the new device",
+        )
+    finally:
+        code = agent.stop()
+    assert code == 0
+    records = buffer_records(tmp_path / "buffer.db")
+    types = [r["type"] for r in records if r["kind"] == "event"]
+    assert "agent.config_rejected" in types
+    assert "agent.config_reloaded" in types
+
+
+@pytest.mark.slow
+def test_corrupt_buffer_at_start_is_moved_aside_and_the_agent_runs(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [sim_device("a", interval_s=0.1)])
+    agent = AgentProcess(path)
+    agent.wait_event("agent.starting")
+    assert agent.stop() == 0
+    first_epoch = agent.events("agent.starting")[0]["epoch"]
+    db = tmp_path / "buffer.db"
+    for leftover in tmp_path.glob("buffer.db-*"):
+        leftover.unlink()
+    garbage = b"this is not a database, it is what a failing SD card returns" * 100
+    db.write_bytes(garbage)
+
+    agent = AgentProcess(path)
+    try:
+        starting = agent.wait_event("agent.starting")
+        recovered = agent.events("buffer.recovered")
+        assert recovered, "".join(agent.raw)
+        wait_for(lambda: len(buffer_records(db)) > 3, what="records in the new buffer")
+        assert agent.proc.poll() is None
+    finally:
+        assert agent.stop() == 0
+    assert starting["epoch"] != first_epoch
+    moved = Path(recovered[0]["moved_to"])
+    assert moved.read_bytes() == garbage
+    records = buffer_records(db)
+    assert records[0]["type"] == "agent.buffer_corrupt"
+    assert records[0]["data"]["moved_to"] == str(moved)
