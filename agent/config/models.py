@@ -7,6 +7,7 @@ discriminated union on ``driver`` (see :mod:`agent.config.loader`).
 
 from __future__ import annotations
 
+import difflib
 import enum
 import zoneinfo
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "EVENT_TYPE",
+    "IDENT",
     "AgentConfig",
     "BufferConfig",
     "Bus",
@@ -24,8 +27,10 @@ __all__ = [
     "DeviceConfig",
     "DeviceKind",
     "Durability",
+    "EventType",
     "Gateway",
     "HttpUplink",
+    "Ident",
     "Location",
     "LoggingConfig",
     "SecretRef",
@@ -37,6 +42,10 @@ __all__ = [
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Ident = Annotated[str, Field(pattern=IDENT)]
+
+EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+EventType = Annotated[str, Field(pattern=EVENT_TYPE)]
+"""A dotted lowercase event type such as ``door.forced_open`` (DESIGN.md section 3)."""
 
 
 class StrictModel(BaseModel):
@@ -74,9 +83,9 @@ class Gateway(StrictModel):
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown timezone {value!r} (an IANA name such as Asia/Shanghai)"
-            ) from None
+            close = difflib.get_close_matches(value, zoneinfo.available_timezones(), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "an IANA name such as Asia/Shanghai"
+            raise ValueError(f"unknown timezone {value!r} ({hint})") from None
         return value
 
 
@@ -162,8 +171,10 @@ class Bus(StrictModel):
 
     @model_validator(mode="after")
     def _one_transport(self) -> Bus:
-        if (self.serial is None) == (self.tcp is None):
-            raise ValueError("a bus needs exactly one of 'serial' or 'tcp'")
+        if self.serial is not None and self.tcp is not None:
+            raise ValueError("give only one of 'serial' or 'tcp': a bus is one line or one host")
+        if self.serial is None and self.tcp is None:
+            raise ValueError("missing 'serial' or 'tcp': say how the bus is reached")
         return self
 
     @property
@@ -223,6 +234,11 @@ class DeviceConfig(StrictModel):
 
     bus_kinds: ClassVar[frozenset[str]] = frozenset()
     """Which bus transports the driver can use (``serial``, ``tcp``); empty: it takes no bus."""
+    bus_optional: ClassVar[bool] = False
+    """True: the device may run without a bus. With empty ``bus_kinds`` it may also name a bus of
+    any kind (the simulated driver does, so scheduler tests can share a bus between devices)."""
+    known_commands: ClassVar[frozenset[str]] = frozenset()
+    """Command actions the driver implements; ``commands:`` may only list these."""
 
     @field_validator("code", mode="before")
     @classmethod

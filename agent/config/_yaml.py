@@ -1,0 +1,339 @@
+"""YAML to plain data, remembering where every key and value came from.
+
+PyYAML's ``safe_load`` forgets positions and silently keeps the last of two equal keys. We
+compose the node tree instead, build the data ourselves, and keep a map from each path
+(``("devices", 2, "points", 5, "data_type")``) to its file, line and column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.config.errors import ConfigIssue, Mark, PathKey
+
+__all__ = ["INCLUDED_SECTIONS", "Source", "load_source"]
+
+Path_ = tuple[PathKey, ...]
+
+INCLUDED_SECTIONS = ("buses", "devices")
+"""Top-level lists an included file may add to."""
+
+_SYNTAX_HINTS = {
+    "mapping values are not allowed here": (
+        "a ':' where none was expected: check the indentation, or quote a value that contains ': '"
+    ),
+    "found character '\\t' that cannot start any token": "tabs cannot indent YAML: use spaces",
+    "could not find expected ':'": "a key is missing its ':' or the indentation is off",
+    "found a tab character that violates indentation": "tabs cannot indent YAML: use spaces",
+}
+
+
+@dataclasses.dataclass(slots=True)
+class Source:
+    """A configuration file (with its includes merged in) as plain data plus positions."""
+
+    file: str
+    data: Any = None
+    marks: dict[Path_, Mark] = dataclasses.field(default_factory=dict)
+    """Where each value starts."""
+    key_marks: dict[Path_, Mark] = dataclasses.field(default_factory=dict)
+    """Where the key of each mapping entry starts (unknown keys are reported there)."""
+    issues: list[ConfigIssue] = dataclasses.field(default_factory=list)
+    rejected: set[Path_] = dataclasses.field(default_factory=set)
+    """Paths whose value the YAML layer already reported (a duplicate key, an unknown tag)."""
+    origins: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    """For entries that came from an included file: (section, index here) -> index in the file
+    that holds it, so paths in messages match what the installer sees in that file."""
+
+    def local(self, path: Path_) -> Path_:
+        """``path`` with an included entry's index as it is in its own file."""
+        if len(path) >= 2 and isinstance(path[0], str) and isinstance(path[1], int):
+            index = self.origins.get((path[0], path[1]))
+            if index is not None:
+                return (path[0], index, *path[2:])
+        return path
+
+    def at(self, path: Path_, message: str, mark: Mark | None = None) -> ConfigIssue:
+        """An issue about ``path``, at its own mark unless another is given."""
+        return ConfigIssue.at(mark or self.mark(path), self.local(path), message)
+
+    def mark(self, path: Path_) -> Mark:
+        """The mark of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            found = self.marks.get(path[:end])
+            if found is not None:
+                return found
+        return Mark(self.file, 1, 1)
+
+    def key_mark(self, path: Path_) -> Mark:
+        return self.key_marks.get(path) or self.mark(path)
+
+
+def _mark(file: str, mark: yaml.Mark | None) -> Mark:
+    if mark is None:
+        return Mark(file, 1, 1)
+    return Mark(file, mark.line + 1, mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+        self.file = file
+        self.loader = loader
+        self.source = Source(file)
+        self._own_keys: dict[int, set[int]] = {}
+        self._active: set[int] = set()
+
+    def issue(self, mark: Mark, path: Path_, message: str) -> None:
+        self.source.issues.append(ConfigIssue.at(mark, path, message))
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        mark = _mark(self.file, node.start_mark)
+        self.source.marks.setdefault(path, mark)
+        if id(node) in self._active:
+            self.source.rejected.add(path)
+            self.issue(mark, path, "a YAML alias refers to the value that contains it")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return self._scalar(node, path, mark)
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: yaml.Node, path: Path_, mark: Mark) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            self.source.rejected.add(path)
+            if node.tag.startswith("!") and not node.tag.startswith("!!"):
+                self.issue(mark, path, f"unknown YAML tag {node.tag!r}: write the value plainly")
+            else:
+                self.issue(mark, path, f"invalid {node.tag.rsplit(':', 1)[-1]}: {exc.problem}")
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
+        if id(node) not in self._own_keys:
+            # Keys written in this mapping, as opposed to those pulled in by a '<<' merge: only
+            # the former can be duplicates (a merge is meant to be overridden).
+            self._own_keys[id(node)] = {id(key) for key, _ in node.value}
+            try:
+                self.loader.flatten_mapping(node)
+            except yaml.constructor.ConstructorError as exc:
+                self.issue(_mark(self.file, exc.problem_mark), path, f"bad merge: {exc.problem}")
+        own = self._own_keys[id(node)]
+        result: dict[str, Any] = {}
+        first_own: dict[str, Mark] = {}
+        for key_node, value_node in node.value:
+            key_mark = _mark(self.file, key_node.start_mark)
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.issue(key_mark, path, "a key must be plain text, not a list or mapping")
+                continue
+            # The key's text as written: YAML 1.1 would turn keys such as 'on' or 'no' into
+            # booleans and '1' into a number, which no configuration key means.
+            key = str(key_node.value)
+            child = (*path, key)
+            if id(key_node) in own:
+                if key in first_own:
+                    self.source.rejected.add(child)
+                    where = first_own[key]
+                    self.issue(
+                        key_mark,
+                        child,
+                        f"duplicate key {key!r} (first set on line {where.line}; "
+                        "YAML would silently keep only the last one)",
+                    )
+                    continue
+                first_own[key] = key_mark
+            self.source.key_marks[child] = key_mark
+            self.source.marks.pop(child, None)
+            result[key] = self.build(value_node, child)
+        return result
+
+
+def _syntax_issue(file: str, exc: yaml.YAMLError) -> ConfigIssue:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = _mark(file, exc.problem_mark or exc.context_mark)
+        problem = exc.problem or "unreadable YAML"
+        message = f"YAML syntax error: {problem}"
+        if exc.context:
+            start = exc.context_mark
+            if start is not None and exc.problem_mark is not None and start.line != mark.line - 1:
+                # The parser notices a missing ']' or '}' only where the next thing starts.
+                message += f" ({exc.context} started on line {start.line + 1})"
+            else:
+                message += f" ({exc.context})"
+        hint = _SYNTAX_HINTS.get(problem)
+        if hint:
+            message += f" - {hint}"
+        return ConfigIssue.at(mark, (), message)
+    return ConfigIssue(file, 1, 1, "", f"YAML syntax error: {exc}")
+
+
+def _read_text(file: str) -> str | ConfigIssue:
+    try:
+        raw = Path(file).read_bytes()
+    except OSError as exc:
+        return ConfigIssue(file, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return ConfigIssue(file, line, col, "", "the file is not UTF-8 text: save it as UTF-8")
+
+
+def _parse(file: str) -> Source:
+    text = _read_text(file)
+    if isinstance(text, ConfigIssue):
+        return Source(file, issues=[text])
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            return Source(file, issues=[_syntax_issue(file, exc)])
+        if node is None:
+            return Source(file)
+        builder = _Builder(file, loader)
+        builder.source.data = builder.build(node, ())
+        return builder.source
+    finally:
+        loader.dispose()
+
+
+class _Includes:
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+        """Real path of each file read so far -> the name it is shown under."""
+
+    def load(self, file: str, stack: tuple[str, ...], *, included: bool) -> Source:
+        source = _parse(file)
+        if not isinstance(source.data, dict):
+            if source.data is None and not source.issues:
+                needs = "buses: or devices:" if included else "at least a gateway: section"
+                source.issues.append(
+                    ConfigIssue(file, 1, 1, "", f"the file is empty: it needs {needs}")
+                )
+            elif source.data is not None:
+                mark = source.mark(())
+                source.issues.append(
+                    ConfigIssue.at(
+                        mark, (), "the top level must be sections such as 'gateway:' and 'devices:'"
+                    )
+                )
+            source.data = None
+            return source
+        if included:
+            for key in list(source.data):
+                if key not in (*INCLUDED_SECTIONS, "include"):
+                    source.issues.append(
+                        ConfigIssue.at(
+                            source.key_mark((key,)),
+                            (key,),
+                            f"unknown key {key!r} in an included file "
+                            "(an included file may hold only buses, devices and include)",
+                        )
+                    )
+                    del source.data[key]
+        entries = source.data.pop("include", None)
+        if entries is not None:
+            self._include(source, entries, file, stack)
+        return source
+
+    def _include(self, source: Source, entries: Any, file: str, stack: tuple[str, ...]) -> None:
+        listed: list[tuple[Path_, Any]]
+        if isinstance(entries, str):
+            listed = [(("include",), entries)]
+        elif isinstance(entries, list):
+            listed = [(("include", i), entry) for i, entry in enumerate(entries)]
+        else:
+            source.issues.append(
+                ConfigIssue.at(
+                    source.mark(("include",)),
+                    ("include",),
+                    "must be a list of file names, e.g. include: [devices-b3.yaml]",
+                )
+            )
+            return
+        for path, entry in listed:
+            mark = source.mark(path)
+            if not isinstance(entry, str) or not entry:
+                source.issues.append(ConfigIssue.at(mark, path, "must be a file name"))
+                continue
+            # Shown as the installer would write it from where they run the command, so
+            # normalised but not made absolute.
+            target = os.path.normpath(Path(file).parent / entry)
+            real = str(Path(target).resolve())
+            if real in stack:
+                names = [self.seen[r] for r in stack[stack.index(real) :]]
+                cycle = " -> ".join([*names, target])
+                source.issues.append(ConfigIssue.at(mark, path, f"include cycle: {cycle}"))
+                continue
+            if real in self.seen:
+                source.issues.append(
+                    ConfigIssue.at(mark, path, f"{entry!r} is included more than once")
+                )
+                continue
+            if not Path(target).exists():
+                looked = f" (looked for {target})" if target != entry else ""
+                source.issues.append(
+                    ConfigIssue.at(mark, path, f"included file {entry!r} not found{looked}")
+                )
+                continue
+            self.seen[real] = target
+            child = self.load(target, (*stack, real), included=True)
+            _merge(source, child)
+
+    def load_root(self, file: str) -> Source:
+        real = str(Path(file).resolve())
+        self.seen[real] = file
+        return self.load(file, (real,), included=False)
+
+
+def _merge(parent: Source, child: Source) -> None:
+    parent.issues.extend(child.issues)
+    if not isinstance(child.data, dict):
+        return
+    for section in INCLUDED_SECTIONS:
+        items = child.data.get(section)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            parent.issues.append(
+                ConfigIssue.at(child.mark((section,)), (section,), "must be a list")
+            )
+            continue
+        target = parent.data.setdefault(section, [])
+        if not isinstance(target, list):
+            continue  # The parent's own error about this section is reported by validation.
+        base = len(target)
+        target.extend(items)
+        for index in range(len(items)):
+            parent.origins[(section, base + index)] = child.origins.get((section, index), index)
+
+        def moved(path: Path_, section: str = section, base: int = base) -> Path_ | None:
+            if len(path) >= 2 and path[0] == section and isinstance(path[1], int):
+                return (section, base + path[1], *path[2:])
+            return None
+
+        for table_name in ("marks", "key_marks"):
+            table: dict[Path_, Mark] = getattr(child, table_name)
+            into: dict[Path_, Mark] = getattr(parent, table_name)
+            for path, mark in table.items():
+                new = moved(path)
+                if new is not None:
+                    into[new] = mark
+        parent.rejected.update(new for new in map(moved, child.rejected) if new is not None)
+
+
+def load_source(file: str) -> Source:
+    """Read ``file`` and its includes. Problems are collected in ``Source.issues``."""
+    return _Includes().load_root(file)
