@@ -61,7 +61,7 @@ class SimulatedDriver:
         self._polls = 0
         self._walk: dict[str, float] = {p.name: p.start for p in config.points}
         failure = config.failure
-        self._fault_mode = failure.mode if failure is not None else "none"
+        self._fault_mode: str = failure.mode if failure is not None else "none"
         self._fault_probability = failure.probability if failure is not None else 0.0
         self._fault_after = failure.after_polls if failure is not None else 0
         self.outputs: dict[int, bool] = {}
