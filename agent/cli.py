@@ -91,10 +91,23 @@ def _buffer(args: argparse.Namespace) -> int:
     return export_command(path, poison=args.poison, out=sys.stdout)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo  # noqa: PLC0415
+    from agent.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging("info", args.log_format)
+    return run_demo(
+        state=Path(args.state) if args.state else None,
+        platform_port=args.platform_port,
+        out=sys.stdout,
+    )
+
+
 def _reference_platform(args: argparse.Namespace) -> int:
     from agent.uplink.reference_platform import main as platform_main  # noqa: PLC0415
 
-    return platform_main(args.rest)
+    code: int = platform_main(args.rest)
+    return code
 
 
 def _parse_arg(text: str) -> tuple[str, object]:
@@ -169,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--poison", action="store_true", help="export set-aside batches")
         p.set_defaults(func=_buffer)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole product without hardware: simulated devices, agent, platform",
+    )
+    demo.add_argument(
+        "--state", help="keep the demo's files in this folder (default: a temporary one)"
+    )
+    demo.add_argument(
+        "--platform-port", type=int, default=8700, help="reference platform port (0: any free)"
+    )
+    demo.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    demo.set_defaults(func=_demo)
 
     cmd = sub.add_parser(
         "command",

@@ -82,6 +82,8 @@ class Runtime:
         self._stopped = asyncio.Event()
         self.uplink: Any = None
         self.control: ControlServer | None = None
+        self.web: Any = None
+        """The diagnostic page (:class:`agent.web.server.WebServer`) while it is served."""
 
     # ---------------------------------------------------------------- records
 
@@ -258,7 +260,7 @@ class Runtime:
         if entry is None:
             return
         if entry.poller is not None:
-            entry.poller.stopping = True
+            entry.poller.request_stop()
         if entry.task is not None:
             # Let an in-flight read finish and hand its records over; then cancel.
             done, _ = await asyncio.wait({entry.task}, timeout=timeout_s)
@@ -409,21 +411,31 @@ class Runtime:
         if http is None:
             self.log.info("uplink.none", hint="no uplink configured: records stay in the buffer")
             return
-        from agent.config.secrets import read_secret  # noqa: PLC0415 - only when configured
-        from agent.uplink.http import HttpUplinkClient  # noqa: PLC0415
+        from agent.config.secrets import SecretError, read_secret  # noqa: PLC0415
+        from agent.uplink.http import HttpUplinkClient, UplinkConfigError  # noqa: PLC0415
 
         assert self.buffer is not None
-        self.uplink = HttpUplinkClient(
-            http,
-            gateway=self.config.gateway,
-            secret=read_secret(http.secret),
-            buffer=self.buffer,
-            state=self.state.uplink,
-            inventory=self.inventory,
-            commands=self.execute_command,
-            log=self.log.bind(task="uplink[http]"),
-            agent_version=__version__,
-        )
+        self.state.uplink.transport = "http"
+        try:
+            self.uplink = HttpUplinkClient(
+                http,
+                gateway=self.config.gateway,
+                secret=read_secret(http.secret),
+                buffer=self.buffer,
+                state=self.state.uplink,
+                inventory=self.inventory,
+                commands=self.execute_command,
+                log=self.log.bind(task="uplink[http]"),
+                agent_version=__version__,
+            )
+        except (SecretError, UplinkConfigError) as exc:
+            # Polling and buffering go on: nothing is lost while an installer fixes the key
+            # file, and SIGHUP (systemctl reload) tries the uplink again.
+            self.state.uplink.last_error = f"misconfigured: {exc}"
+            self.state.uplink.last_error_ms = self.clock.stamp()[0]
+            self.log.error("uplink.misconfigured", error=str(exc), hint="fix, then reload")
+            await self.event("agent.uplink_misconfigured", Severity.ALARM, error=str(exc))
+            return
         uplink = self.uplink
         self._spawn("uplink[http]", self._supervise("uplink[http]", uplink.run))
 
@@ -481,7 +493,7 @@ class Runtime:
         started = [i for i in new_devices if i not in self.devices]
         for device_id in started:
             self._start_device(new_devices[device_id])
-        if old.uplink != new.uplink:
+        if old.uplink != new.uplink or (self.uplink is None and new.uplink.http is not None):
             await self._stop_uplink()
             await self._start_uplink()
         self.log.info(
@@ -554,6 +566,9 @@ class Runtime:
             # On-site commands are a convenience; the agent's main job goes on without them.
             self.log.error("control.unavailable", path=str(self.control.path), error=str(exc))
             self.control = None
+        from agent.web.server import start_web  # noqa: PLC0415 - aiohttp only when it runs
+
+        self.web = await start_web(self)
 
     @staticmethod
     def control_path(config: AgentConfig) -> Path:
@@ -565,6 +580,9 @@ class Runtime:
             self._notifier.stopping()
         if self.control is not None:
             await self.control.close()
+        if self.web is not None:
+            await self.web.close()
+            self.web = None
         await asyncio.gather(*(self._stop_device(i) for i in list(self.devices)))
         await self._stop_uplink()
         for task in list(self._tasks):

@@ -83,6 +83,7 @@ class PolledDevice:
         jitter = min(device.interval_s, 5.0) if start_jitter_s is None else start_jitter_s
         self._first_delay = random.uniform(0, jitter)
         self.stopping = False
+        self._wake = asyncio.Event()
 
     @property
     def _guard_s(self) -> float:
@@ -124,7 +125,10 @@ class PolledDevice:
         due = loop.time() + self._first_delay
         while not self.stopping:
             self.state.next_poll_in_s = max(0.0, due - loop.time())
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            # Sleep until due, but wake at once when asked to stop: a stop waits for a read in
+            # flight (its records must reach the buffer), never for a 10-minute interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, due - loop.time()))
             if self.stopping:
                 break
             try:
@@ -141,8 +145,12 @@ class PolledDevice:
                 missed = (loop.time() - due) // self.device.interval_s + 1
                 due += missed * self.device.interval_s
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         self.stopping = True
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self.request_stop()
         if self._started:
             self._started = False
             with contextlib.suppress(Exception):

@@ -132,14 +132,20 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout_s)
-        self._reader.join(5)
-        self._drain()
+        self._close()
         return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(30)
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(10)
+        self._drain()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._drain()

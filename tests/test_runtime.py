@@ -36,6 +36,16 @@ async def _run_until(
         await asyncio.wait_for(task, 30)
 
 
+def _reads(runtime: Runtime, device: str) -> int:
+    state = runtime.state.devices.get(device)
+    return 0 if state is None else state.reads
+
+
+def _restarts(runtime: Runtime, device: str) -> int:
+    state = runtime.state.devices.get(device)
+    return 0 if state is None else state.restarts
+
+
 def _reading_times(records: list[dict[str, Any]], device: str) -> list[int]:
     return [r["ts"] for r in records if r["kind"] == "reading" and r["device"] == device]
 
@@ -61,7 +71,7 @@ async def test_silent_device_backs_off_while_others_keep_their_interval(tmp_path
     runtime = Runtime(load_config(path), clock=Clock("always"))
     await _run_until(
         runtime,
-        lambda: all(runtime.state.devices[i].reads >= 20 for i in healthy),
+        lambda: all(_reads(runtime, i) >= 20 for i in healthy),
         what="20 reads of every healthy meter",
     )
     dead = runtime.state.devices["dead"]
@@ -87,7 +97,7 @@ async def test_crashing_driver_is_restarted_with_backoff_and_an_event(tmp_path: 
     ]
     runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
     await _run_until(
-        runtime, lambda: runtime.state.devices["buggy"].restarts >= 2, what="two restarts"
+        runtime, lambda: _restarts(runtime, "buggy") >= 2, what="two restarts"
     )
     steady_reads = runtime.state.devices["steady"].reads
     records = buffer_records(tmp_path / "buffer.db")
@@ -114,12 +124,12 @@ async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -
     )
     task = asyncio.create_task(runtime.run(install_signals=False))
     try:
-        await asyncio.wait_for(_until(lambda: runtime.state.devices["m"].reads >= 3), 30)
+        await asyncio.wait_for(_until(lambda: _reads(runtime, "m") >= 3), 30)
         skew[0] = 0.0  # NTP steps the clock
         synced[0] = True
         await asyncio.wait_for(_until(lambda: runtime.state.clock_synced), 30)
         reads_at_sync = runtime.state.devices["m"].reads
-        await asyncio.wait_for(_until(lambda: runtime.state.devices["m"].reads > reads_at_sync), 30)
+        await asyncio.wait_for(_until(lambda: _reads(runtime, "m") > reads_at_sync), 30)
     finally:
         runtime.request_stop()
         await asyncio.wait_for(task, 30)

@@ -1,0 +1,171 @@
+"""Request signing and command signatures shared by the agent and the reference platform.
+
+Both sides import this module so that the canonical forms documented in ``docs/uplink-api.md``
+exist exactly once in code: the HMAC request signature (``EA1-HMAC-SHA256``) and the Ed25519
+command signature over canonical JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import email.utils
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = [
+    "AUTH_SCHEME",
+    "MAX_SKEW_MS",
+    "canonical_command",
+    "canonical_request",
+    "load_ed25519_private_key",
+    "load_ed25519_public_key",
+    "parse_authorization",
+    "parse_http_date_ms",
+    "sha256_hex",
+    "sign_command",
+    "sign_request",
+    "signature_headers",
+    "verify_command",
+    "verify_request_signature",
+]
+
+AUTH_SCHEME = "EA1-HMAC-SHA256"
+MAX_SKEW_MS = 300_000
+"""Requests whose X-Timestamp is further than this from the server's clock are rejected."""
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def sha256_hex(body: bytes) -> str:
+    if not body:
+        return _EMPTY_SHA256
+    return hashlib.sha256(body).hexdigest()
+
+
+def canonical_request(method: str, target: str, timestamp_ms: int, body_sha256: str) -> bytes:
+    """``METHOD\\nPATH[?QUERY]\\nTIMESTAMP\\nBODY_SHA256`` as UTF-8.
+
+    ``target`` is the request target exactly as it goes on the wire (percent-encoded path,
+    ``?`` and query only when there is a query), including any path prefix of the base URL.
+    """
+    return f"{method.upper()}\n{target}\n{timestamp_ms}\n{body_sha256.lower()}".encode()
+
+
+def sign_request(
+    secret: bytes, method: str, target: str, timestamp_ms: int, body_sha256: str
+) -> str:
+    return hmac.new(
+        secret, canonical_request(method, target, timestamp_ms, body_sha256), hashlib.sha256
+    ).hexdigest()
+
+
+def signature_headers(
+    key_id: str, secret: bytes, method: str, target: str, timestamp_ms: int, body: bytes
+) -> dict[str, str]:
+    """The four authentication headers for one request."""
+    digest = sha256_hex(body)
+    signature = sign_request(secret, method, target, timestamp_ms, digest)
+    return {
+        "X-Key-Id": key_id,
+        "X-Timestamp": str(timestamp_ms),
+        "X-Content-SHA256": digest,
+        "Authorization": f"{AUTH_SCHEME} Signature={signature}",
+    }
+
+
+def parse_authorization(value: str | None) -> str | None:
+    """The hex signature from an ``Authorization`` header, or None when it is not ours."""
+    if not value:
+        return None
+    scheme, _, params = value.strip().partition(" ")
+    if scheme != AUTH_SCHEME:
+        return None
+    for part in params.split(","):
+        name, _, sig = part.strip().partition("=")
+        if name == "Signature" and sig:
+            return sig.strip().lower()
+    return None
+
+
+def verify_request_signature(
+    secret: bytes,
+    method: str,
+    target: str,
+    timestamp_ms: int,
+    body_sha256: str,
+    signature_hex: str,
+) -> bool:
+    expected = sign_request(secret, method, target, timestamp_ms, body_sha256)
+    # Constant time, so that response timing does not reveal how much of a forged signature
+    # was right.
+    return hmac.compare_digest(expected.encode(), signature_hex.encode())
+
+
+def parse_http_date_ms(value: str | None) -> int | None:
+    """An RFC 9110 ``Date``/``Retry-After`` date as UTC ms, or None when absent or invalid."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        # RFC 9110 dates are always GMT; email.utils leaves "-0000" naive.
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def canonical_command(command: Mapping[str, Any]) -> bytes:
+    """Canonical JSON of a command without its ``signature``.
+
+    Keys sorted at every level, no insignificant whitespace, UTF-8 without ``\\u`` escapes of
+    non-ASCII characters. orjson produces exactly this with OPT_SORT_KEYS.
+    """
+    unsigned = {k: v for k, v in command.items() if k != "signature"}
+    return orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_command(key: Ed25519PrivateKey, command: Mapping[str, Any]) -> str:
+    """Base64 (RFC 4648, with padding) Ed25519 signature of the canonical command."""
+    return base64.b64encode(key.sign(canonical_command(command))).decode("ascii")
+
+
+def verify_command(key: Ed25519PublicKey, command: Mapping[str, Any]) -> bool:
+    signature = command.get("signature")
+    if not isinstance(signature, str) or not signature:
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        key.verify(raw, canonical_command(command))
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        return False
+    return True
+
+
+def load_ed25519_public_key(data: bytes) -> Ed25519PublicKey:
+    """A PEM public key; a PEM private key is accepted too (its public half is used)."""
+    if b"PRIVATE KEY" in data:
+        return load_ed25519_private_key(data).public_key()
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"not an Ed25519 public key ({type(key).__name__})")
+    return key
+
+
+def load_ed25519_private_key(data: bytes) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"not an Ed25519 private key ({type(key).__name__})")
+    return key
