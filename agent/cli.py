@@ -148,6 +148,35 @@ def _command(args: argparse.Namespace) -> int:
     return 0 if answer.get("status") == "ok" else 1
 
 
+_MIN_PASSWORD = 8
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass  # noqa: PLC0415
+
+    from agent.web.auth import hash_password  # noqa: PLC0415 - no aiohttp, no config
+
+    if args.stdin or not sys.stdin.isatty():
+        # Scripts pipe the password in: one line, never an argument (visible in ps and history).
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            print("the two passwords differ; nothing printed", file=sys.stderr)
+            return 1
+    if len(password) < _MIN_PASSWORD:
+        print(f"too short: use at least {_MIN_PASSWORD} characters", file=sys.stderr)
+        return 1
+    password_hash = hash_password(password)
+    print(password_hash)
+    print(
+        "add it to the config under web.users, e.g.\n"
+        f'  - {{name: tech, role: technician, password_hash: "{password_hash}"}}',
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -210,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("args", nargs="*", type=_parse_arg, metavar="KEY=VALUE")
     cmd.set_defaults(func=_command)
 
+    pw = sub.add_parser(
+        "hash-password",
+        help="hash a password for web.users (the diagnostic page has no default password)",
+        description="Prompts for the password twice (or reads one line from stdin) and prints "
+        "its scrypt hash for web.users[].password_hash.",
+    )
+    pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    pw.set_defaults(func=_hash_password)
+
     ref = sub.add_parser(
         "reference-platform",
         help="run the reference city platform (uplink API v1 server)",
@@ -222,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reference-platform"]:
+        # argparse's REMAINDER drops options that come first; the platform has its own parser.
+        return _reference_platform(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

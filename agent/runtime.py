@@ -534,6 +534,7 @@ class Runtime:
             durability=cfg.buffer.durability,
             source=cfg.gateway.id,
             boot_id=self.clock.boot_id,
+            clock_synced=lambda: self.clock.synced,
         )
         self.state.buffer.epoch = self.buffer.epoch
         if self.buffer.recovered_from is not None:

@@ -118,11 +118,16 @@ class AgentProcess:
         return [line for line in self.lines if line.get("event") == name]
 
     def wait_event(self, name: str, *, timeout_s: float = 30.0, count: int = 1) -> dict[str, Any]:
-        found = wait_for(
-            lambda: len(self.events(name)) >= count and self.events(name),
-            timeout_s=timeout_s,
-            what=f"log event {name!r}; log so far:\n{''.join(self.raw[-30:])}",
-        )
+        try:
+            found = wait_for(
+                lambda: len(self.events(name)) >= count and self.events(name),
+                timeout_s=timeout_s,
+                what=f"log event {name!r}",
+            )
+        except AssertionError as exc:
+            self._drain()
+            tail = "".join(self.raw[-30:])
+            raise AssertionError(f"{exc}; exit code {self.proc.poll()}; log:\n{tail}") from None
         return found[count - 1]  # type: ignore[no-any-return]
 
     def signal(self, sig: signal.Signals) -> None:

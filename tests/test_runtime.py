@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import statistics
 import time
@@ -79,7 +80,7 @@ async def test_silent_device_backs_off_while_others_keep_their_interval(tmp_path
 
     for device in healthy:
         times = _reading_times(records, device)
-        gaps = [(b - a) / 1000 for a, b in zip(times, times[1:], strict=False)]
+        gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
         assert abs(statistics.mean(gaps) - interval) <= 0.1 * interval, (device, gaps)
     # The dead meter was tried far less often than the healthy ones were read...
     assert dead.health is Health.DOWN
@@ -96,9 +97,7 @@ async def test_crashing_driver_is_restarted_with_backoff_and_an_event(tmp_path: 
         sim_device("buggy", interval_s=0.2, failure={"mode": "crash", "after_polls": 2}),
     ]
     runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
-    await _run_until(
-        runtime, lambda: _restarts(runtime, "buggy") >= 2, what="two restarts"
-    )
+    await _run_until(runtime, lambda: _restarts(runtime, "buggy") >= 2, what="two restarts")
     steady_reads = runtime.state.devices["steady"].reads
     records = buffer_records(tmp_path / "buffer.db")
     crashes = [r for r in records if r["kind"] == "event" and r["type"] == "agent.task_crashed"]
@@ -116,9 +115,7 @@ async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -
     synced = [False]
     skew = [-3600.0]  # the gateway booted an hour behind
 
-    clock = Clock(
-        "auto", probe=lambda: synced[0], wall=lambda: time.time() + skew[0], poll_s=0.05
-    )
+    clock = Clock("auto", probe=lambda: synced[0], wall=lambda: time.time() + skew[0], poll_s=0.05)
     runtime = Runtime(
         load_config(write_config(tmp_path, [sim_device("m", interval_s=0.1)])), clock=clock
     )
@@ -139,7 +136,9 @@ async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -
     assert all(r["ts_synced"] for r in readings)
     # Every stamp, early ones included, is now within a minute of the true time, not an hour off.
     assert all(abs(r["ts"] - now_ms) < 60_000 for r in readings)
-    synced_events = [r for r in records if r["kind"] == "event" and r["type"] == "agent.clock_synced"]
+    synced_events = [
+        r for r in records if r["kind"] == "event" and r["type"] == "agent.clock_synced"
+    ]
     assert len(synced_events) == 1
     assert abs(synced_events[0]["data"]["correction_ms"] - 3_600_000) < 5_000
     assert synced_events[0]["data"]["records_corrected"] >= 3
@@ -176,9 +175,7 @@ async def test_commands_are_allowlisted_validated_and_audited(tmp_path: Path) ->
             )
         assert bad.value.reason == "bad_args"
         with pytest.raises(CommandError) as unknown:
-            await runtime.execute_command(
-                "ghost", "output.set", {}, source="test", command_id="c4"
-            )
+            await runtime.execute_command("ghost", "output.set", {}, source="test", command_id="c4")
         assert unknown.value.reason == "unknown_device"
     finally:
         runtime.request_stop()
@@ -203,7 +200,10 @@ def test_sigterm_leaves_everything_accepted_in_the_buffer(tmp_path: Path) -> Non
     try:
         agent.wait_event("agent.starting")
         wait_for(
-            lambda: (tmp_path / "buffer.db").exists() and len(buffer_records(tmp_path / "buffer.db")) > 200,
+            lambda: (
+                (tmp_path / "buffer.db").exists()
+                and len(buffer_records(tmp_path / "buffer.db")) > 200
+            ),
             what="records in the buffer",
         )
     finally:

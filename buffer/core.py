@@ -1,0 +1,1065 @@
+"""The synchronous store-and-forward buffer (DESIGN.md section 4) on the standard ``sqlite3``.
+
+One SQLite file in WAL mode holds the records not yet acknowledged by the platform. The six
+promises and how this module keeps them:
+
+1. Durable on acceptance: ``append`` returns after ``COMMIT`` with ``synchronous=FULL`` (or
+   ``NORMAL``); one transaction per call, so a group commit is one fsync.
+2. ``seq``: ``meta.last_seq`` is read and written inside every write transaction, so a seq is
+   never reused (not after ack-all, not after reopen, not by a second process) and a rolled-back
+   transaction consumes none.
+3. Priorities: events and status live in ``events``, readings in ``readings``; ``take`` drains
+   ``events`` first, each in seq order.
+4. Bounded: logical bytes (body length + :data:`ROW_OVERHEAD` per row) are kept in ``meta`` and
+   the oldest readings, then the oldest events, are range-deleted when the bound is hit; every
+   drop is counted and reported by an ``agent.buffer_overflow`` event in the same transaction.
+5. Acknowledged deletion: ``ack`` deletes exactly the seq ranges the batch covered.
+6. Recoverable: a file that is not a database, fails ``quick_check`` or has an unreadable schema
+   is renamed aside (never deleted) and a fresh file with a new epoch reports it in an
+   ``agent.buffer_corrupt`` event.
+
+A :class:`Buffer` is used from one thread at a time; :class:`buffer.AsyncBuffer` gives it a
+worker thread of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import heapq
+import operator
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Self
+
+import orjson
+import structlog
+
+from agent.config.models import Durability
+from agent.records import (
+    PRIORITY_EVENT,
+    PRIORITY_READING,
+    Event,
+    Record,
+    Severity,
+    now_ms,
+)
+
+from ._encode import RecordEncoder
+from ._schema import (
+    BufferVersionError,
+    SchemaError,
+    check_schema,
+    migrate,
+    refuse_newer,
+    schema_version,
+    user_version,
+)
+
+__all__ = [
+    "AGE_CHECK_INTERVAL_S",
+    "EVICT_SLACK_DIVISOR",
+    "MIN_MAX_BYTES",
+    "ROW_OVERHEAD",
+    "Batch",
+    "Buffer",
+    "BufferClosedError",
+    "BufferStats",
+    "BufferUnreadableError",
+    "BufferVersionError",
+]
+
+ROW_OVERHEAD: Final = 32
+"""Bytes counted per row on top of its JSON body: key, cell pointer, record header and page slack,
+measured at 25-35 bytes per row for typical readings. The bound is on body + this overhead."""
+
+EVICT_SLACK_DIVISOR: Final = 32
+"""When the bound is hit, free 1/32 of it beyond what is needed, so a full buffer drops in chunks
+(one overflow event per chunk) instead of once per append."""
+
+AGE_CHECK_INTERVAL_S: Final = 5.0
+"""``max_age_s`` is enforced on append at most this often."""
+
+MIN_MAX_BYTES: Final = 4096
+
+_BUSY_TIMEOUT_S: Final = 30.0
+_MAX_SEQ: Final = 2**63 - 1
+_SEQ_PREFIX_LEN: Final = len(b'{"seq":')
+_TS: Final = "json_extract(CAST(body AS TEXT), '$.ts')"
+_TABLE: Final = {PRIORITY_EVENT: "events", PRIORITY_READING: "readings"}
+_SYNCED: Final = operator.attrgetter("ts_synced")
+_CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
+_POISON_EVENT: Final = "agent.uplink_poison"
+_POISON_NEEDLE: Final = b'"type":"agent.uplink_poison"'
+_REASON_MAX: Final = 500
+
+_COUNTERS: Final = "last_seq, bytes, events, readings, dropped_readings, dropped_events, poisoned"
+_SELECT_COUNTERS: Final = f"SELECT {_COUNTERS} FROM meta WHERE id = 1"  # noqa: S608
+_UPDATE_COUNTERS: Final = (
+    "UPDATE meta SET last_seq = ?, bytes = ?, events = ?, readings = ?, "
+    "dropped_readings = ?, dropped_events = ?, poisoned = ? WHERE id = 1"
+)
+
+_VALUES_ROWS: Final = 512
+
+
+@functools.cache
+def _values_sql(table: str, synced: bool, rows: int) -> str:
+    columns, one = ("seq, body", "(?,?)") if synced else ("seq, boot, body", "(?,?,?)")
+    return f"INSERT INTO {table} ({columns}) VALUES " + ",".join([one] * rows)  # noqa: S608
+
+
+_log = structlog.get_logger("buffer")
+
+
+class BufferClosedError(RuntimeError):
+    """The buffer was closed (or is closing) and takes no more work."""
+
+
+class BufferUnreadableError(RuntimeError):
+    """A read-only inspection could not read the file as a buffer (corrupt, foreign, old)."""
+
+
+class _CorruptError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """Records taken for one upload, each already carrying its ``seq``."""
+
+    epoch: str
+    records: list[bytes]
+    """Compact JSON objects, ``{"seq":N,...}``, ready to join into a JSON array."""
+    ranges: tuple[tuple[int, int, int], ...]
+    """``(priority, first_seq, last_seq)`` per priority class covered; ``ack`` deletes these."""
+    size: int
+    """Sum of ``len(records)``."""
+
+    def body(self) -> bytes:
+        return b"[" + b",".join(self.records) + b"]"
+
+    def seqs(self) -> list[int]:
+        """The seq of each record, in order."""
+        return [int(r[_SEQ_PREFIX_LEN : r.index(b",", _SEQ_PREFIX_LEN)]) for r in self.records]
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Two halves, in order, each with exact ranges (to isolate a record the platform rejects).
+
+        Valid because ``take`` returns, per priority, every record between the range's ends.
+        """
+        if len(self.records) < 2:
+            raise ValueError("a batch of one record cannot be split")
+        seqs = self.seqs()
+        prios: list[int] = []
+        i = 0
+        for prio, _first, last in self.ranges:
+            while i < len(seqs):
+                prios.append(prio)
+                i += 1
+                if seqs[i - 1] == last:
+                    break
+        if len(prios) != len(seqs):
+            raise ValueError("batch records do not match its ranges")
+        mid = len(self.records) // 2
+        return (
+            self._part(self.records[:mid], seqs[:mid], prios[:mid]),
+            self._part(self.records[mid:], seqs[mid:], prios[mid:]),
+        )
+
+    def _part(self, records: list[bytes], seqs: list[int], prios: list[int]) -> Batch:
+        ranges: list[tuple[int, int, int]] = []
+        for prio, seq in zip(prios, seqs, strict=True):
+            if ranges and ranges[-1][0] == prio:
+                ranges[-1] = (prio, ranges[-1][1], seq)
+            else:
+                ranges.append((prio, seq, seq))
+        return Batch(self.epoch, records, tuple(ranges), sum(len(r) for r in records))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BufferStats:
+    epoch: str
+    path: str
+    records: int
+    events: int
+    """Events and status records (priority 0)."""
+    readings: int
+    bytes: int
+    """Logical bytes counted against ``max_bytes`` (body + ROW_OVERHEAD per row)."""
+    file_bytes: int
+    """Database file plus its WAL on disk."""
+    max_bytes: int
+    oldest_ms: int | None
+    """``ts`` of the oldest waiting record (lowest seq of either class)."""
+    oldest_event_ms: int | None
+    last_seq: int
+    dropped_readings: int
+    dropped_events: int
+    poisoned: int
+    durability: str
+    recovered_from: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(slots=True)
+class _Counters:
+    """The ``meta`` counters; the copy in memory is only ever replaced after a commit."""
+
+    last_seq: int
+    bytes: int
+    events: int
+    readings: int
+    dropped_readings: int
+    dropped_events: int
+    poisoned: int
+
+    def row(self) -> tuple[int, ...]:
+        return (
+            self.last_seq,
+            self.bytes,
+            self.events,
+            self.readings,
+            self.dropped_readings,
+            self.dropped_events,
+            self.poisoned,
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Dropped:
+    readings: int = 0
+    events: int = 0
+    bytes: int = 0
+    oldest_ms: int | None = None
+    newest_ms: int | None = None
+
+    def add(self, prio: int, count: int, nbytes: int, oldest: Any, newest: Any) -> None:
+        if prio == PRIORITY_READING:
+            self.readings += count
+        else:
+            self.events += count
+        self.bytes += nbytes
+        if isinstance(oldest, int) and (self.oldest_ms is None or oldest < self.oldest_ms):
+            self.oldest_ms = oldest
+        if isinstance(newest, int) and (self.newest_ms is None or newest > self.newest_ms):
+            self.newest_ms = newest
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return "unknown"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename or a new file is durable only once its directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for p in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the file (and its -wal/-shm, which stay paired with it) to ``.corrupt-<UTC>``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(
+        target.with_name(target.name + s).exists() or target.with_name(target.name + s).is_symlink()
+        for s in ("", "-wal", "-shm")
+    ):
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.rename(target.with_name(target.name + suffix))
+    _fsync_dir(path.parent)
+    return target
+
+
+class Buffer:
+    """Synchronous core of the buffer. Use from one thread at a time."""
+
+    epoch: str
+    recovered_from: Path | None
+    commits: int
+    """Write transactions committed through this object (group commit shows up here)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        epoch: str,
+        max_bytes: int,
+        max_age_s: float | None,
+        durability: Durability,
+        source: str,
+        boot_id: str,
+        clock_synced: Callable[[], bool] | None,
+        recovered_from: Path | None,
+        read_only: bool,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.epoch = epoch
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.durability = durability
+        self.source = source
+        self.boot_id = boot_id
+        self.recovered_from = recovered_from
+        self.commits = 0
+        self._read_only = read_only
+        self._clock_synced = clock_synced
+        self._last_synced = True
+        self._closed = False
+        self._encode = RecordEncoder()
+        self._counters = self._load_counters()
+        self._next_age_check = 0.0
+        # Highest seq per priority handed out by take() and not yet acked: those records are on
+        # their way to the platform, so eviction spares them while it can (a record both
+        # delivered and counted as dropped would make the platform's gap accounting lie).
+        self._taken: dict[int, int] = {}
+        self._age_check_interval_s = AGE_CHECK_INTERVAL_S
+        self._reserve = self._overflow_reserve()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        max_bytes: int = 1024 * 2**20,
+        max_age_s: float | None = None,
+        durability: Durability | str = "full",
+        source: str = "agent",
+        boot_id: str | None = None,
+        clock_synced: Callable[[], bool] | None = None,
+    ) -> Buffer:
+        """Open (create, migrate, or recover) the buffer file at ``path`` for writing.
+
+        ``boot_id`` is stored with records stamped before clock sync (default: the kernel's).
+        ``clock_synced`` says whether the buffer's own events (overflow, poison, corrupt) get a
+        trusted stamp; by default they follow the ``ts_synced`` of the last appended record.
+        """
+        path = Path(path)
+        mode = Durability(durability)
+        if max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}, got {max_bytes}")
+        if max_age_s is not None and max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, got {max_age_s}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wal = path.with_name(path.name + "-wal")
+        error: str | None = None
+        conn: sqlite3.Connection | None = None
+        if not path.exists() and wal.exists():
+            error = "a WAL file without its database"
+        elif path.exists():
+            try:
+                conn = cls._open_checked(path, mode)
+            except _CorruptError as exc:
+                error = str(exc)
+        recovered_from: Path | None = None
+        if error is not None:
+            recovered_from = _move_aside(path)
+            _log.error("buffer.corrupt", path=str(path), moved_to=str(recovered_from), error=error)
+        if conn is None:
+            existed = path.exists()
+            try:
+                conn = cls._open_checked(path, mode)
+            except _CorruptError as exc:  # a fresh file that fails is the disk's fault
+                raise OSError(f"{path}: cannot create a buffer file: {exc}") from exc
+            if not existed:
+                _fsync_dir(path.parent)
+        try:
+            buf = cls(
+                conn,
+                path,
+                epoch=check_schema(conn),
+                max_bytes=max_bytes,
+                max_age_s=max_age_s,
+                durability=mode,
+                source=source,
+                boot_id=boot_id if boot_id is not None else _boot_id(),
+                clock_synced=clock_synced,
+                recovered_from=recovered_from,
+                read_only=False,
+            )
+            buf._after_open(error)
+        except BaseException:
+            conn.close()
+            raise
+        return buf
+
+    @staticmethod
+    def _open_checked(path: Path, durability: Durability) -> sqlite3.Connection:
+        checked = path.exists() and path.stat().st_size > 0 and Buffer._probe(path)
+        conn = sqlite3.connect(
+            path, isolation_level=None, timeout=_BUSY_TIMEOUT_S, check_same_thread=True
+        )
+        try:
+            try:
+                if not checked:
+                    Buffer._quick_check(conn, path)
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise OSError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+                sync = "FULL" if durability is Durability.FULL else "NORMAL"
+                conn.execute(f"PRAGMA synchronous = {sync}")
+                conn.execute("PRAGMA cache_size = -8192")
+                conn.execute("PRAGMA journal_size_limit = 67108864")
+                migrate(conn, path)
+                check_schema(conn)
+            except SchemaError as exc:
+                raise _CorruptError(str(exc)) from exc
+            except sqlite3.Error as exc:
+                if _is_corruption(exc):
+                    raise _CorruptError(str(exc)) from exc
+                if isinstance(exc, sqlite3.OperationalError) and "already exists" in str(exc):
+                    # Our migration collided with tables of something that is not a buffer.
+                    raise _CorruptError(f"schema unreadable: {exc}") from exc
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            raise _CorruptError("quick_check: " + "; ".join(str(r[0]) for r in rows[:5]))
+        refuse_newer(user_version(conn), path)
+
+    @staticmethod
+    def _probe(path: Path) -> bool:
+        """Check the file through a read-only connection; True if that was possible.
+
+        Read-only on purpose: closing a read-write connection to a damaged file can checkpoint
+        into it or delete its -wal, and the file must be moved aside exactly as found.
+        """
+        sidecars = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+        existed = [p.exists() for p in sidecars]
+        uri = path.absolute().as_uri() + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        except sqlite3.Error:
+            return False
+        try:
+            try:
+                Buffer._quick_check(conn, path)
+            except sqlite3.Error as exc:
+                if _is_corruption(exc):
+                    raise _CorruptError(str(exc)) from exc
+                return False  # e.g. a hot rollback journal only a writer can replay
+            finally:
+                conn.close()
+        except _CorruptError:
+            # Move the file aside as found: drop the -shm index and the empty -wal this probe
+            # itself created (neither holds data).
+            wal, shm = sidecars
+            if not existed[0] and wal.exists() and wal.stat().st_size == 0:
+                wal.unlink()
+            if not existed[1]:
+                shm.unlink(missing_ok=True)
+            raise
+        return True
+
+    def _after_open(self, corrupt_error: str | None) -> None:
+        conn = self._conn
+        # Defence in depth: should meta ever lag the tables, never hand out a used seq.
+        high = 0
+        for table in ("events", "readings", "poison"):
+            row = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()  # noqa: S608
+            high = max(high, row[0] or 0)
+        config = (self.max_bytes, self.max_age_s, self.durability.value)
+        stored = conn.execute(
+            "SELECT max_bytes, max_age_s, durability FROM meta WHERE id = 1"
+        ).fetchone()
+        if high > self._counters.last_seq or tuple(stored) != config or corrupt_error:
+            with self._write() as c:
+                c.last_seq = max(c.last_seq, high)
+                conn.execute(
+                    "UPDATE meta SET max_bytes = ?, max_age_s = ?, durability = ? WHERE id = 1",
+                    config,
+                )
+                if corrupt_error is not None and self.recovered_from is not None:
+                    conn.execute(
+                        "UPDATE meta SET recovered_from = ? WHERE id = 1",
+                        (str(self.recovered_from),),
+                    )
+                    self._insert(
+                        c,
+                        [
+                            self._own_event(
+                                "agent.buffer_corrupt",
+                                Severity.ALARM,
+                                {"moved_to": str(self.recovered_from), "error": corrupt_error},
+                            )
+                        ],
+                    )
+                    self._enforce_size(c)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Buffer:
+        """Open for inspection only: nothing is created, migrated, recovered or written.
+
+        Raises FileNotFoundError, :class:`BufferVersionError` or :class:`BufferUnreadableError`.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no buffer file there")
+        # Without a -wal file nobody is writing; immutable=1 then keeps SQLite from creating
+        # -wal/-shm files next to the technician's copy.
+        has_wal = path.with_name(path.name + "-wal").exists()
+        uri = path.absolute().as_uri() + ("?mode=ro" if has_wal else "?mode=ro&immutable=1")
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        try:
+            try:
+                version = user_version(conn)
+                refuse_newer(version, path)
+                if version < schema_version():
+                    what = "not a buffer file" if version == 0 else f"schema version {version}"
+                    raise BufferUnreadableError(
+                        f"{path}: {what}; the agent migrates or initialises it when it next "
+                        f"starts (this tool reads version {schema_version()} only)"
+                    )
+                epoch = check_schema(conn)
+                row = conn.execute(
+                    "SELECT max_bytes, max_age_s, durability, recovered_from FROM meta"
+                ).fetchone()
+            except (sqlite3.Error, SchemaError) as exc:
+                raise BufferUnreadableError(
+                    f"{path}: not a readable buffer file ({exc}); if it is corrupt, the agent "
+                    "moves it aside when it next starts"
+                ) from exc
+            try:
+                durability = Durability(row[2] or "full")
+            except ValueError:
+                durability = Durability.FULL
+            return cls(
+                conn,
+                path,
+                epoch=epoch,
+                max_bytes=int(row[0] or 0),
+                max_age_s=row[1],
+                durability=durability,
+                source="",
+                boot_id="",
+                clock_synced=None,
+                recovered_from=Path(row[3]) if row[3] else None,
+                read_only=True,
+            )
+        except BaseException:
+            conn.close()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, records: Sequence[Record]) -> list[int]:
+        """Store ``records`` in one transaction; returns their seqs once they are durable."""
+        self._check_writable()
+        if not records:
+            return []
+        with self._write() as c:
+            seqs = self._insert(c, records)
+            self._maybe_enforce_age(c)
+            self._enforce_size(c)
+        return seqs
+
+    def take(self, max_records: int, max_bytes: int) -> Batch | None:
+        """The oldest waiting records: events/status first, then readings, each in seq order.
+
+        Stops before ``max_records`` or ``max_bytes`` would be exceeded but always returns at
+        least one record; ``None`` when empty. Nothing changes until ``ack``/``set_aside``, so
+        taking again returns the same records (a resend after a crash is the same batch).
+        """
+        self._check_open()
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        out: list[bytes] = []
+        ranges: list[tuple[int, int, int]] = []
+        size = 0
+        full = False
+        for prio in (PRIORITY_EVENT, PRIORITY_READING):
+            want = max_records - len(out)
+            if want <= 0 or full:
+                break
+            cursor = self._conn.execute(
+                f"SELECT seq, body FROM {_TABLE[prio]} ORDER BY seq LIMIT ?",  # noqa: S608
+                (want,),
+            )
+            first = last = -1
+            for seq, body in cursor:
+                record = b'{"seq":%d,' % seq + body[1:]
+                if out and size + len(record) > max_bytes:
+                    full = True
+                    break
+                out.append(record)
+                size += len(record)
+                if first < 0:
+                    first = seq
+                last = seq
+            cursor.close()
+            if first >= 0:
+                ranges.append((prio, first, last))
+                self._taken[prio] = max(self._taken.get(prio, 0), last)
+        if not out:
+            return None
+        return Batch(self.epoch, out, tuple(ranges), size)
+
+    def ack(self, batch: Batch) -> int:
+        """Delete exactly the batch's records (those still present); returns how many."""
+        self._check_writable()
+        self._check_batch(batch)
+        deleted = 0
+        with self._write() as c:
+            for prio, first, last in batch.ranges:
+                count, nbytes = self._delete_range(prio, first, last)
+                deleted += count
+                self._forget(c, prio, count, nbytes)
+                if last >= self._taken.get(prio, 0):
+                    self._taken.pop(prio, None)
+        return deleted
+
+    def set_aside(self, batch: Batch, reason: str) -> None:
+        """Move the batch's records to the poison table (kept, exportable) and report it."""
+        self._check_writable()
+        self._check_batch(batch)
+        moved = own = 0
+        when = now_ms()
+        with self._write() as c:
+            for prio, first, last in batch.ranges:
+                table = _TABLE[prio]
+                row = self._conn.execute(
+                    f"SELECT count(*), coalesce(sum(instr(body, ?) > 0), 0) FROM {table} "  # noqa: S608
+                    "WHERE seq BETWEEN ? AND ?",
+                    (_POISON_NEEDLE, first, last),
+                ).fetchone()
+                own += row[1]
+                self._conn.execute(
+                    "INSERT INTO poison (seq, prio, boot, body, reason, poisoned_ms) "  # noqa: S608
+                    f"SELECT seq, ?, boot, body, ?, ? FROM {table} "
+                    "WHERE seq BETWEEN ? AND ?",
+                    (prio, reason, when, first, last),
+                )
+                count, nbytes = self._delete_range(prio, first, last)
+                moved += count
+                self._forget(c, prio, count, nbytes)
+            c.poisoned += moved
+            # A platform that rejects our own poison report would otherwise get a new one for
+            # every rejection, forever.
+            if moved and own < moved:
+                self._insert(
+                    c,
+                    [
+                        self._own_event(
+                            _POISON_EVENT,
+                            Severity.WARNING,
+                            {
+                                "reason": reason[:_REASON_MAX],
+                                "count": moved,
+                                "first_seq": min(r[1] for r in batch.ranges),
+                                "last_seq": max(r[2] for r in batch.ranges),
+                            },
+                        )
+                    ],
+                )
+                self._enforce_size(c)
+        if moved:
+            _log.warning("buffer.poisoned", count=moved, ranges=list(batch.ranges), reason=reason)
+
+    def correct_unsynced(self, boot_id: str, delta_ms: int) -> int:
+        """Shift ``ts`` by ``delta_ms`` and mark ``ts_synced`` for records stamped before clock
+        sync in boot ``boot_id`` (poisoned ones included). Returns how many waiting records."""
+        self._check_writable()
+        fixed = 0
+        set_body = (
+            "body = CAST(json_set(CAST(body AS TEXT), '$.ts', "
+            f"{_TS} + ?, '$.ts_synced', json('true')) AS BLOB), boot = NULL"
+        )
+        with self._write() as c:
+            for table in ("events", "readings"):
+                count, before = self._conn.execute(
+                    f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table} "  # noqa: S608
+                    "WHERE boot = ?",
+                    (boot_id,),
+                ).fetchone()
+                if not count:
+                    continue
+                after = self._conn.execute(
+                    f"UPDATE {table} SET {set_body} WHERE boot = ? RETURNING length(body)",  # noqa: S608
+                    (delta_ms, boot_id),
+                ).fetchall()
+                c.bytes += sum(r[0] for r in after) - before
+                fixed += count
+            self._conn.execute(
+                f"UPDATE poison SET {set_body} WHERE boot = ?",  # noqa: S608
+                (delta_ms, boot_id),
+            )
+            self._enforce_size(c)
+        return fixed
+
+    # ------------------------------------------------------------------ reading
+
+    def stats(self) -> BufferStats:
+        self._check_open()
+        conn = self._conn
+        row = conn.execute(
+            f"SELECT {_COUNTERS}, recovered_from FROM meta WHERE id = 1"  # noqa: S608
+        ).fetchone()
+        c = _Counters(*row[:7])
+        oldest: dict[str, int | None] = {}
+        for table in ("events", "readings"):
+            ts = conn.execute(
+                f"SELECT {_TS} FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
+            ).fetchone()
+            oldest[table] = ts[0] if ts is not None and isinstance(ts[0], int) else None
+        candidates = [v for v in oldest.values() if v is not None]
+        return BufferStats(
+            epoch=self.epoch,
+            path=str(self.path),
+            records=c.events + c.readings,
+            events=c.events,
+            readings=c.readings,
+            bytes=c.bytes,
+            file_bytes=_file_bytes(self.path),
+            max_bytes=self.max_bytes,
+            oldest_ms=min(candidates) if candidates else None,
+            oldest_event_ms=oldest["events"],
+            last_seq=c.last_seq,
+            dropped_readings=c.dropped_readings,
+            dropped_events=c.dropped_events,
+            poisoned=c.poisoned,
+            durability=self.durability.value,
+            recovered_from=row[7],
+        )
+
+    def export(self, *, poison: bool = False) -> Iterator[dict[str, Any]]:
+        """Every waiting record (or every poisoned one) as a dict with ``seq`` and ``epoch``,
+        in seq order, streamed row by row from one consistent snapshot."""
+        self._check_open()
+        conn = self._conn
+        began = not conn.in_transaction
+        if began:
+            conn.execute("BEGIN")
+        try:
+            epoch = self.epoch
+            if poison:
+                cursor = conn.execute(
+                    "SELECT seq, body, reason, poisoned_ms FROM poison ORDER BY seq"
+                )
+                for seq, body, reason, when in cursor:
+                    yield {
+                        "seq": seq,
+                        "epoch": epoch,
+                        **orjson.loads(body),
+                        "poison_reason": reason,
+                        "poisoned_ms": when,
+                    }
+            else:
+                # Merge the two seq-ordered tables instead of sorting: constant memory.
+                streams = [
+                    conn.execute(f"SELECT seq, body FROM {t} ORDER BY seq")  # noqa: S608
+                    for t in ("events", "readings")
+                ]
+                for seq, body in heapq.merge(*streams):
+                    yield {"seq": seq, "epoch": epoch, **orjson.loads(body)}
+        finally:
+            if began and not self._closed and conn.in_transaction:
+                conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BufferClosedError(f"{self.path}: buffer is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise BufferClosedError(f"{self.path}: opened read-only")
+
+    def _check_batch(self, batch: Batch) -> None:
+        if batch.epoch != self.epoch:
+            raise ValueError(
+                f"batch belongs to buffer epoch {batch.epoch}, this buffer is {self.epoch}"
+            )
+        for prio, _first, _last in batch.ranges:
+            if prio not in _TABLE:
+                raise ValueError(f"unknown priority {prio} in batch ranges")
+
+    def _load_counters(self) -> _Counters:
+        return _Counters(*self._conn.execute(_SELECT_COUNTERS).fetchone())
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Counters]:
+        """One write transaction. Counters are re-read under the write lock (another process,
+        e.g. a maintenance tool, may have written) and cached only once COMMIT succeeded."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counters = _Counters(*conn.execute(_SELECT_COUNTERS).fetchone())
+            yield counters
+            conn.execute(_UPDATE_COUNTERS, counters.row())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._counters = counters
+        self.commits += 1
+
+    def _insert(self, c: _Counters, records: Sequence[Record]) -> list[int]:
+        # The hot path: per record one dict lookup, one generated encoder call and two list
+        # appends; rows go to SQLite as multi-row VALUES (about 1.6x executemany's rate).
+        kinds = self._encode.kinds
+        learn = self._encode.learn
+        first = c.last_seq + 1
+        classes = set(map(type, records))
+        if len(classes) == 1 and all(map(_SYNCED, records)):
+            # The common group: one record class, all stamped by a synced clock. Same result as
+            # the loop below, with the per-record work done by C-level map/slice operations.
+            only = kinds.get(type(records[0])) or learn(records[0])
+            bodies = list(map(only.encode, records))
+            n = len(bodies)
+            values: list[Any] = [None] * (2 * n)
+            values[0::2] = range(first, first + n)
+            values[1::2] = bodies
+            self._insert_rows(_TABLE[only.priority], values, synced=True)
+            c.last_seq += n
+            c.bytes += sum(map(len, bodies)) + ROW_OVERHEAD * n
+            if only.priority == PRIORITY_READING:
+                c.readings += n
+            else:
+                c.events += n
+            self._last_synced = True
+            return list(range(first, first + n))
+        boot = self.boot_id
+        flat: dict[tuple[int, bool], list[Any]] = {
+            (PRIORITY_READING, True): [],
+            (PRIORITY_READING, False): [],
+            (PRIORITY_EVENT, True): [],
+            (PRIORITY_EVENT, False): [],
+        }
+        readings = flat[PRIORITY_READING, True]
+        events = flat[PRIORITY_EVENT, True]
+        seq = c.last_seq
+        size = 0
+        for record in records:
+            seq += 1
+            kind = kinds.get(type(record))
+            if kind is None:
+                kind = learn(record)
+            body = kind.encode(record)
+            size += len(body)
+            if record.ts_synced:
+                rows = readings if kind.priority else events
+                rows.append(seq)
+                rows.append(body)
+            else:
+                flat[kind.priority, False].extend((seq, boot, body))
+        n_readings = n_events = 0
+        for (prio, synced), values in flat.items():
+            if values:
+                width = 2 if synced else 3
+                self._insert_rows(_TABLE[prio], values, synced=synced)
+                if prio == PRIORITY_READING:
+                    n_readings += len(values) // width
+                else:
+                    n_events += len(values) // width
+        c.last_seq = seq
+        c.bytes += size + ROW_OVERHEAD * len(records)
+        c.readings += n_readings
+        c.events += n_events
+        self._last_synced = records[-1].ts_synced
+        return list(range(first, seq + 1))
+
+    def _insert_rows(self, table: str, values: list[Any], *, synced: bool) -> None:
+        width = 2 if synced else 3
+        rows = len(values) // width
+        done = 0
+        while done < rows:
+            # Full chunks of _VALUES_ROWS, then powers of two: a handful of cached statements.
+            left = rows - done
+            k = _VALUES_ROWS if left >= _VALUES_ROWS else 1 << (left.bit_length() - 1)
+            sql = _values_sql(table, synced, k)
+            self._conn.execute(sql, values[done * width : (done + k) * width])
+            done += k
+
+    def _delete_range(self, prio: int, first: int, last: int) -> tuple[int, int]:
+        table = _TABLE[prio]
+        count, nbytes = self._conn.execute(
+            f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table} "  # noqa: S608
+            "WHERE seq BETWEEN ? AND ?",
+            (first, last),
+        ).fetchone()
+        if count:
+            self._conn.execute(
+                f"DELETE FROM {table} WHERE seq BETWEEN ? AND ?",  # noqa: S608
+                (first, last),
+            )
+        return int(count), int(nbytes) + ROW_OVERHEAD * int(count)
+
+    @staticmethod
+    def _forget(c: _Counters, prio: int, count: int, nbytes: int) -> None:
+        c.bytes -= nbytes
+        if prio == PRIORITY_READING:
+            c.readings -= count
+        else:
+            c.events -= count
+
+    def _own_event(self, type_: str, severity: Severity, data: dict[str, Any]) -> Event:
+        synced = self._clock_synced() if self._clock_synced is not None else self._last_synced
+        return Event(
+            device=self.source,
+            ts=now_ms(),
+            ts_synced=synced,
+            type=type_,
+            severity=severity,
+            data=data,
+        )
+
+    def _overflow_event(self, dropped: _Dropped, reason: str) -> Event:
+        return self._own_event(
+            "agent.buffer_overflow",
+            Severity.WARNING,
+            {
+                "dropped_readings": dropped.readings,
+                "dropped_events": dropped.events,
+                "reason": reason,
+                "oldest_dropped_ms": dropped.oldest_ms,
+                "newest_dropped_ms": dropped.newest_ms,
+                "bytes_freed": dropped.bytes,
+            },
+        )
+
+    def _overflow_reserve(self) -> int:
+        """Room kept free so the overflow event itself always fits under the bound."""
+        big = -(2**63)
+        worst = _Dropped(big, big, big, big, big)
+        event = self._overflow_event(worst, "size")
+        return len(self._encode(dataclasses.replace(event, ts=big))) + ROW_OVERHEAD
+
+    def _report_drop(self, c: _Counters, dropped: _Dropped, reason: str) -> None:
+        c.dropped_readings += dropped.readings
+        c.dropped_events += dropped.events
+        self._insert(c, [self._overflow_event(dropped, reason)])
+        _log.warning(
+            "buffer.overflow",
+            reason=reason,
+            dropped_readings=dropped.readings,
+            dropped_events=dropped.events,
+            bytes_freed=dropped.bytes,
+            max_bytes=self.max_bytes,
+        )
+
+    def _enforce_size(self, c: _Counters) -> None:
+        if c.bytes + self._reserve <= self.max_bytes:
+            return
+        slack = self.max_bytes // EVICT_SLACK_DIVISOR
+        target = max(0, self.max_bytes - self._reserve - slack)
+        dropped = _Dropped()
+        for prio in (PRIORITY_READING, PRIORITY_EVENT):
+            # First spare what is in flight; only if that is not enough, drop it too.
+            for after in dict.fromkeys((self._taken.get(prio, 0), 0)):
+                need = c.bytes - target
+                if need <= 0:
+                    break
+                self._drop_oldest(c, dropped, prio, after, need)
+        if dropped.readings or dropped.events:
+            self._report_drop(c, dropped, "size")
+
+    def _drop_oldest(
+        self, c: _Counters, dropped: _Dropped, prio: int, after: int, need: int
+    ) -> None:
+        """Drop the oldest records of ``prio`` after seq ``after`` until ``need`` bytes are free."""
+        table = _TABLE[prio]
+        # Running total in seq order; SQLite streams the window, so this stops at the cut.
+        row = self._conn.execute(
+            f"SELECT seq FROM (SELECT seq, sum(length(body) + {ROW_OVERHEAD}) "  # noqa: S608
+            f"OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total FROM {table} "
+            "WHERE seq > ?) WHERE total >= ? LIMIT 1",
+            (after, need),
+        ).fetchone()
+        cut = row[0] if row is not None else _MAX_SEQ
+        count, nbytes, oldest, newest = self._conn.execute(
+            f"SELECT count(*), coalesce(sum(length(body)), 0), min({_TS}), max({_TS}) "  # noqa: S608
+            f"FROM {table} WHERE seq > ? AND seq <= ?",
+            (after, cut),
+        ).fetchone()
+        if not count:
+            return
+        self._conn.execute(f"DELETE FROM {table} WHERE seq > ? AND seq <= ?", (after, cut))  # noqa: S608
+        nbytes += ROW_OVERHEAD * count
+        self._forget(c, prio, count, nbytes)
+        dropped.add(prio, count, nbytes, oldest, newest)
+
+    def _maybe_enforce_age(self, c: _Counters) -> None:
+        if self.max_age_s is None:
+            return
+        now = time.monotonic()
+        if now < self._next_age_check:
+            return
+        self._next_age_check = now + self._age_check_interval_s
+        cutoff = now_ms() - int(self.max_age_s * 1000)
+        # Age is judged on trusted stamps only: a reading stamped before clock sync (a gateway
+        # without RTC boots in 1970) is kept until corrected, then aged normally. Only the old
+        # prefix is visited: the scan stops at the first trusted young reading.
+        row = self._conn.execute(
+            f"SELECT seq FROM readings WHERE boot IS NULL AND {_TS} >= ? "  # noqa: S608
+            "ORDER BY seq LIMIT 1",
+            (cutoff,),
+        ).fetchone()
+        limit = row[0] if row is not None else _MAX_SEQ
+        count, nbytes, oldest, newest = self._conn.execute(
+            f"SELECT count(*), coalesce(sum(length(body)), 0), min({_TS}), max({_TS}) "  # noqa: S608
+            "FROM readings WHERE seq < ? AND boot IS NULL",
+            (limit,),
+        ).fetchone()
+        if not count:
+            return
+        self._conn.execute("DELETE FROM readings WHERE seq < ? AND boot IS NULL", (limit,))
+        nbytes += ROW_OVERHEAD * count
+        self._forget(c, PRIORITY_READING, count, nbytes)
+        dropped = _Dropped()
+        dropped.add(PRIORITY_READING, count, nbytes, oldest, newest)
+        self._report_drop(c, dropped, "age")
