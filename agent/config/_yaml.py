@@ -190,23 +190,35 @@ def _read_text(file: str) -> str | ConfigIssue:
         return ConfigIssue(file, line, col, "", "the file is not UTF-8 text: save it as UTF-8")
 
 
+# libyaml composes about ten times faster than the pure-Python parser (a 4,000-point config
+# in 0.3 s instead of 4 s on a Pi-class CPU); its error messages are worded differently, so a
+# file that fails is parsed again by the pure-Python parser, whose messages our hints follow.
+_LOADERS: tuple[type[yaml.SafeLoader], ...] = tuple(
+    dict.fromkeys((getattr(yaml, "CSafeLoader", yaml.SafeLoader), yaml.SafeLoader))
+)
+
+
 def _parse(file: str) -> Source:
     text = _read_text(file)
     if isinstance(text, ConfigIssue):
         return Source(file, issues=[text])
-    loader = yaml.SafeLoader(text)
-    try:
+    for loader_class in _LOADERS:
+        loader = loader_class(text)
         try:
-            node = loader.get_single_node()
-        except yaml.YAMLError as exc:
-            return Source(file, issues=[_syntax_issue(file, exc)])
-        if node is None:
-            return Source(file)
-        builder = _Builder(file, loader)
-        builder.source.data = builder.build(node, ())
-        return builder.source
-    finally:
-        loader.dispose()
+            try:
+                node = loader.get_single_node()
+            except yaml.YAMLError as exc:
+                if loader_class is not yaml.SafeLoader:
+                    continue
+                return Source(file, issues=[_syntax_issue(file, exc)])
+            if node is None:
+                return Source(file)
+            builder = _Builder(file, loader)
+            builder.source.data = builder.build(node, ())
+            return builder.source
+        finally:
+            loader.dispose()
+    raise AssertionError("unreachable: the pure-Python loader always answers")
 
 
 class _Includes:
