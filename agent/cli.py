@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.config.loader import load_config  # noqa: PLC0415
     from agent.logs import configure_logging, get_logger  # noqa: PLC0415
     from agent.runtime import Runtime  # noqa: PLC0415
-    from agent.systemd import Notifier, watchdog_interval, watchdog_loop  # noqa: PLC0415
+    from agent.systemd import Notifier, watchdog_interval  # noqa: PLC0415
 
     try:
         config = load_config(args.config)
@@ -39,19 +39,13 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         runtime = Runtime(
-            config, config_path=Path(args.config), loader=load_config, notifier=notifier
+            config,
+            config_path=Path(args.config),
+            loader=load_config,
+            notifier=notifier,
+            watchdog_s=watchdog_interval(),
         )
-        interval = watchdog_interval()
-        watchdog = (
-            asyncio.create_task(watchdog_loop(notifier, interval), name="systemd-watchdog")
-            if interval
-            else None
-        )
-        try:
-            return await runtime.run()
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
+        return await runtime.run()
 
     try:
         return asyncio.run(main())

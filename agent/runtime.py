@@ -34,6 +34,7 @@ from agent.logs import get_logger
 from agent.records import Event, Record, Severity
 from agent.scheduler import BusLane, DriverCrashedError, PolledDevice
 from agent.state import AgentState, DeviceState
+from agent.systemd import Notifier, watchdog_loop
 from buffer import AsyncBuffer
 from drivers import driver_class
 
@@ -61,13 +62,15 @@ class Runtime:
         *,
         config_path: Path | None = None,
         loader: Callable[[Path], AgentConfig] | None = None,
-        notifier: Any = None,
+        notifier: Notifier | None = None,
+        watchdog_s: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self._loader = loader
         self._notifier = notifier
+        self._watchdog_s = watchdog_s
         self.clock = clock or Clock(config.clock.synced)
         self.log = get_logger(gateway=config.gateway.id)
         self.state = AgentState(gateway_id=config.gateway.id, version=__version__)
@@ -610,6 +613,10 @@ class Runtime:
         await self.start()
         if self._notifier is not None:
             self._notifier.ready(f"{len(self.devices)} devices")
+            if self._watchdog_s:
+                # Pinged from this event loop: a stuck loop stops the pings and systemd restarts
+                # the agent. Only after READY: a slow start is TimeoutStartSec's business.
+                self._spawn("systemd-watchdog", watchdog_loop(self._notifier, self._watchdog_s))
         try:
             await self._stop.wait()
         finally:

@@ -171,6 +171,32 @@ def test_a_real_agent_process_notifies_from_its_main_pid(receiver: Receiver) -> 
     assert texts[1:-1] == ["WATCHDOG=1"] * 3
 
 
+def test_edge_agent_run_sends_ready_watchdog_stopping(receiver: Receiver, tmp_path: Path) -> None:
+    # The real thing: `edge-agent run` as systemd starts it, stopped as systemd stops it.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from agent_proc import AgentProcess, sim_device, wait_for, write_config
+
+    config = write_config(tmp_path, [sim_device("m", interval_s=0.2)])
+    agent = AgentProcess(
+        config, env={"NOTIFY_SOCKET": receiver.notify_socket, "WATCHDOG_USEC": "200000"}
+    )
+    seen: list[tuple[int, str]] = []
+    try:
+        wait_for(
+            lambda: seen.extend(receiver.drain_with_pid())
+            or sum(text == "WATCHDOG=1" for _, text in seen) >= 3,
+            what="READY and three watchdog pings from edge-agent run",
+        )
+    finally:
+        assert agent.stop() == 0
+    seen.extend(receiver.drain_with_pid())
+    assert {pid for pid, _ in seen} == {agent.proc.pid}
+    texts = [text for _, text in seen]
+    assert texts[0].startswith("READY=1")
+    assert texts[-1] == "STOPPING=1"
+    assert set(texts[1:-1]) == {"WATCHDOG=1"}
+
+
 async def test_abstract_namespace_socket() -> None:
     rx = Receiver(f"\0edge-agent-test-{uuid.uuid4().hex}")
     try:
