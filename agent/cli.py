@@ -93,6 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(
         state=Path(args.state) if args.state else None,
         platform_port=args.platform_port,
+        web_listen=args.web_listen,
         out=sys.stdout,
     )
 
@@ -215,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--platform-port", type=int, default=8700, help="reference platform port (0: any free)"
+    )
+    demo.add_argument(
+        "--web-listen",
+        default="127.0.0.1:8080",
+        help="diagnostic page address (default 127.0.0.1:8080; port 0: any free)",
     )
     demo.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     demo.set_defaults(func=_demo)

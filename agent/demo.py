@@ -36,8 +36,11 @@ def _write_keys(state: Path, gateway_id: str) -> Path:
     return keys
 
 
-def write_demo_config(state: Path, platform_port: int) -> tuple[Path, dict[str, Any]]:
-    """The demo config with the state folder's buffer, key files and the platform's port."""
+def write_demo_config(
+    state: Path, platform_port: int, *, web_listen: str, password_hash: str
+) -> tuple[Path, dict[str, Any]]:
+    """The demo config with the state folder's buffer, key files, the platform's port and a
+    one-time technician login for the diagnostic page."""
     config: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     gateway_id = config["gateway"]["id"]
     config["buffer"] = {**config.get("buffer", {}), "path": str(state / "buffer.db")}
@@ -52,12 +55,16 @@ def write_demo_config(state: Path, platform_port: int) -> tuple[Path, dict[str, 
             "backoff_cap_s": 10,
         }
     }
+    config["web"] = {
+        "listen": web_listen,
+        "users": [{"name": "demo", "role": "technician", "password_hash": password_hash}],
+    }
     path = state / "agent.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path, config
 
 
-async def _demo(state: Path, platform_port: int, out: TextIO) -> int:
+async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -> int:
     from agent.config.loader import load_config  # noqa: PLC0415
     from agent.runtime import Runtime  # noqa: PLC0415
     from agent.uplink.reference_platform import (  # noqa: PLC0415
@@ -66,6 +73,7 @@ async def _demo(state: Path, platform_port: int, out: TextIO) -> int:
         load_keys,
         start_site,
     )
+    from agent.web import hash_password  # noqa: PLC0415
 
     gateway_id = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))["gateway"]["id"]
     admin_token = secrets.token_urlsafe(18)
@@ -78,14 +86,21 @@ async def _demo(state: Path, platform_port: int, out: TextIO) -> int:
     )
     runner, port = await start_site(app, "127.0.0.1", platform_port)
     try:
-        config_path, _ = write_demo_config(state, port)
+        # A one-time password: printed once, never stored in clear, gone with the demo.
+        password = secrets.token_urlsafe(9)
+        config_path, _ = write_demo_config(
+            state, port, web_listen=web_listen, password_hash=hash_password(password)
+        )
         runtime = Runtime(load_config(config_path), config_path=config_path, loader=load_config)
+        await runtime.start()
         base = f"http://127.0.0.1:{port}"
         auth = f'-H "Authorization: Bearer {admin_token}"'
         door_command = "door-b3-unit1 output.set on=true"
+        page = runtime.web.urls[0] if runtime.web is not None else "(off: see the log)"
         print(
             f"""
 edge-agent demo: simulated devices -> durable buffer -> reference platform
+  diagnostic page     {page}   (user demo, one-time password {password})
   state folder        {state}
   agent config        {config_path}
   reference platform  {base}   (admin token {admin_token})
@@ -103,17 +118,17 @@ Ctrl-C stops the demo cleanly.
             file=out,
             flush=True,
         )
-        return await runtime.run()
+        return await runtime.run(started=True)
     finally:
         await runner.cleanup()
 
 
-def run_demo(*, state: Path | None, platform_port: int, out: TextIO) -> int:
+def run_demo(*, state: Path | None, platform_port: int, web_listen: str, out: TextIO) -> int:
     """Run the demo until Ctrl-C; a temporary state folder is removed afterwards."""
     folder = state or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_demo(folder, platform_port, out))
+        return asyncio.run(_demo(folder, platform_port, web_listen, out))
     finally:
         if state is None:
             shutil.rmtree(folder, ignore_errors=True)

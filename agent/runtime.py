@@ -478,6 +478,13 @@ class Runtime:
             for section in ("gateway", "buffer", "logging", "clock", "control")
             if getattr(old, section) != getattr(new, section)
         ]
+        # The page's users and roles are read live; where it listens is fixed at start.
+        if (old.web.listen, old.web.tls, old.web.enabled) != (
+            new.web.listen,
+            new.web.tls,
+            new.web.enabled,
+        ):
+            restart_needed.append("web")
         self.config = new
         old_devices = {d.id: d for d in old.devices if d.enabled}
         new_devices = {d.id: d for d in new.devices if d.enabled}
@@ -606,11 +613,13 @@ class Runtime:
         self.log.info("agent.stopped", records_accepted=self.state.records_accepted)
         self._stopped.set()
 
-    async def run(self, *, install_signals: bool = True) -> int:
-        """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), stop cleanly."""
+    async def run(self, *, install_signals: bool = True, started: bool = False) -> int:
+        """Start (unless ``started``), run until SIGTERM/SIGINT or :meth:`request_stop`, stop
+        cleanly."""
         if install_signals:
             self._install_signals()
-        await self.start()
+        if not started:
+            await self.start()
         if self._notifier is not None:
             self._notifier.ready(f"{len(self.devices)} devices")
             if self._watchdog_s:

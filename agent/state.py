@@ -6,15 +6,25 @@ Everything here is plain data updated from the event loop; readers take snapshot
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
+import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from agent.driver import Health
 from agent.records import Event, Quality, Reading, Status, now_ms
 
-__all__ = ["AgentState", "BufferFigures", "DeviceState", "PointValue", "UplinkState"]
+__all__ = [
+    "AgentState",
+    "BufferFigures",
+    "DeviceState",
+    "PointHistory",
+    "PointValue",
+    "UplinkState",
+]
 
 
 @dataclasses.dataclass(slots=True)
@@ -24,6 +34,62 @@ class PointValue:
     quality: Quality
     unit: str | None = None
     reason: str | None = None
+
+
+class PointHistory:
+    """The last hour of one numeric point as per-minute means, for the diagnostic page's chart.
+
+    Memory is what matters (500 devices x 20 points on a 1 GB Pi): a fixed ring of 60 float32
+    means and 60 uint16 counts, about 0.5 KB a point, whatever the read interval.
+    """
+
+    SLOTS = 60
+    SLOT_MS = 60_000
+
+    __slots__ = ("_counts", "_head", "_means")
+
+    def __init__(self) -> None:
+        self._means = array.array("f", bytes(4 * self.SLOTS))
+        self._counts = array.array("H", bytes(2 * self.SLOTS))
+        self._head = -1
+        """The newest minute (ms // SLOT_MS) written; -1 before the first value."""
+
+    def add(self, ts_ms: int, value: float) -> None:
+        minute = ts_ms // self.SLOT_MS
+        if self._head < 0 or minute > self._head + self.SLOTS or minute <= self._head - self.SLOTS:
+            # First value, a gap of over an hour, or the clock stepped back by over an hour
+            # (NTP after a boot without RTC): start afresh rather than stall.
+            self._clear(range(self.SLOTS))
+            self._head = minute
+        elif minute > self._head:
+            self._clear(m % self.SLOTS for m in range(self._head + 1, minute + 1))
+            self._head = minute
+        slot = minute % self.SLOTS
+        count = self._counts[slot]
+        if count < 0xFFFF:
+            count += 1
+            self._counts[slot] = count
+            self._means[slot] += (value - self._means[slot]) / count
+
+    def _clear(self, slots: Iterable[int]) -> None:
+        for slot in slots:
+            self._means[slot] = 0.0
+            self._counts[slot] = 0
+
+    def series(self) -> list[tuple[int, float]]:
+        """``(minute start in UTC ms, mean)`` for each minute that has values, oldest first."""
+        if self._head < 0:
+            return []
+        out: list[tuple[int, float]] = []
+        for minute in range(self._head - self.SLOTS + 1, self._head + 1):
+            slot = minute % self.SLOTS
+            if self._counts[slot]:
+                out.append((minute * self.SLOT_MS, float(self._means[slot])))
+        return out
+
+
+_MAX_HISTORY_POINTS = 64
+"""Charted points per device: a streaming driver inventing point names cannot grow memory."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,6 +109,21 @@ class DeviceState:
     restarts: int = 0
     next_poll_in_s: float | None = None
     points: dict[str, PointValue] = dataclasses.field(default_factory=dict)
+    history: dict[str, PointHistory] = dataclasses.field(default_factory=dict)
+    """The last hour of each numeric point with good quality (see :class:`PointHistory`)."""
+
+    def remember(self, point: str, ts_ms: int, value: Any) -> None:
+        """Add a good reading to the point's history; text values are not charted."""
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return
+        history = self.history.get(point)
+        if history is None:
+            if len(self.history) >= _MAX_HISTORY_POINTS:
+                return
+            history = self.history[point] = PointHistory()
+        history.add(ts_ms, float(value))
 
     def set_health(self, health: Health) -> bool:
         """Set the health; True when it changed (callers log and emit status only then)."""
@@ -126,6 +207,11 @@ class AgentState:
         default_factory=lambda: collections.deque(maxlen=500)
     )
     task_restarts: int = 0
+    commands: collections.Counter[tuple[str, str]] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    """Commands run, by (source: platform, local, web; status: ok, failed), from their audit
+    events."""
 
     @property
     def uptime_s(self) -> float:
@@ -139,8 +225,13 @@ class AgentState:
                 dev.points[record.point] = PointValue(
                     record.value, record.ts, record.quality, record.unit, record.reason
                 )
+                if record.quality is Quality.GOOD:
+                    dev.remember(record.point, record.ts, record.value)
         else:
             self.recent_events.append(record)
+            if isinstance(record, Event) and record.type == "agent.command":
+                source = str(record.data.get("source", "unknown")).partition(":")[0]
+                self.commands[source, str(record.data.get("status", "unknown"))] += 1
 
     def as_dict(self) -> dict[str, Any]:
         devices = list(self.devices.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "EVENT_TYPE",
     "IDENT",
+    "PASSWORD_HASH",
     "AgentConfig",
     "BufferConfig",
     "Bus",
@@ -38,6 +40,9 @@ __all__ = [
     "StrictModel",
     "TcpBus",
     "UplinkConfig",
+    "WebConfig",
+    "WebTls",
+    "WebUser",
 ]
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -264,6 +269,91 @@ class ControlConfig(StrictModel):
     """Local control socket for ``edge-agent command``; defaults beside the buffer file."""
 
 
+# A pattern for hashes, not a password (hence the noqa).
+PASSWORD_HASH = r"^scrypt\$\d{1,8}\$\d{1,3}\$\d{1,3}\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*$"  # noqa: S105
+"""``scrypt$N$r$p$salt$key`` (base64), as printed by ``edge-agent hash-password``."""
+
+
+class WebUser(StrictModel):
+    """One login of the diagnostic page."""
+
+    name: Ident
+    role: Literal["viewer", "technician"] = "viewer"
+    """viewer: sees everything (secrets redacted); technician: may also run test reads and the
+    commands the config allows."""
+    password_hash: str
+    """From ``edge-agent hash-password``; never the password itself."""
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_hash(cls, value: str) -> str:
+        if not re.fullmatch(PASSWORD_HASH, value):
+            raise ValueError(
+                "must be a hash printed by 'edge-agent hash-password' (scrypt$...), "
+                "never the password itself"
+            )
+        return value
+
+
+class WebTls(StrictModel):
+    """Serve the page over HTTPS; session cookies are then marked Secure."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class WebConfig(StrictModel):
+    """The technician's diagnostic page, its JSON API and /metrics."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0:8080"
+    """host:port (``[::]:8080`` for IPv6); port 0 picks a free port (tests, demo)."""
+    users: list[WebUser] = Field(default_factory=list)
+    """No user, no page: there is no default password."""
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    """Language of the page until a user switches."""
+    metrics: Literal["login", "open"] = "login"
+    """login: /metrics needs a session or HTTP basic auth of a user; open: anyone on the LAN."""
+    tls: WebTls | None = None
+    session_idle_min: Annotated[float, Field(gt=0, le=1440)] = 30
+    session_max_h: Annotated[float, Field(gt=0, le=168)] = 12
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    """Failed logins from one address, or for one name, before logins are refused for a while."""
+    login_lockout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
+    """First lockout; each further one doubles, up to an hour."""
+    refresh_s: Annotated[float, Field(ge=0.5, le=60)] = 2
+    """How often open pages fetch fresh figures."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:8080 or [::]:8080")
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _unique_names(cls, users: list[WebUser]) -> list[WebUser]:
+        seen: set[str] = set()
+        for user in users:
+            if user.name in seen:
+                raise ValueError(f"user name {user.name!r} appears twice")
+            seen.add(user.name)
+        return users
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def user(self, name: str) -> WebUser | None:
+        return next((u for u in self.users if u.name == name), None)
+
+
 class AgentConfig(StrictModel):
     gateway: Gateway
     buffer: BufferConfig = BufferConfig()
@@ -273,6 +363,7 @@ class AgentConfig(StrictModel):
     logging: LoggingConfig = LoggingConfig()
     clock: ClockConfig = ClockConfig()
     control: ControlConfig = ControlConfig()
+    web: WebConfig = WebConfig()
 
     def bus(self, bus_id: str) -> Bus | None:
         return next((b for b in self.buses if b.id == bus_id), None)

@@ -1,0 +1,90 @@
+"""The README's first command: `edge-agent demo` shows the whole product and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from agent_proc import ROOT, wait_for
+from test_web_support import WebClient
+
+pytestmark = pytest.mark.slow
+
+
+async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "demo",
+            "--platform-port",
+            "0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--state",
+            str(tmp_path),
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        banner = wait_for(
+            lambda: "Ctrl-C stops the demo" in "".join(lines) and "".join(lines),
+            timeout_s=60,
+            what="the demo's banner",
+        )
+        page, password = re.search(
+            r"diagnostic page\s+(\S+)\s+\(user demo, one-time password (\S+)\)", banner
+        ).groups()  # type: ignore[union-attr]
+        platform, token = re.search(
+            r"reference platform\s+(\S+)\s+\(admin token (\S+)\)", banner
+        ).groups()  # type: ignore[union-attr]
+
+        def stored() -> list[dict[str, object]]:
+            request = urllib.request.Request(  # noqa: S310 - loopback
+                f"{platform}/v1/gateways/gw-demo/records?limit=1000",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                return [r["record"] for r in json.loads(answer.read())["records"]]
+
+        records = wait_for(
+            lambda: (
+                (r := stored())
+                and {x["device"] for x in r if x["kind"] == "reading"}
+                >= {"meter-b3-101", "temp-plant-room"}
+                and r
+            ),
+            timeout_s=60,
+            what="simulated readings at the reference platform",
+        )
+        assert all(r["kind"] in ("reading", "event", "status") for r in records)
+
+        async with WebClient(page.rstrip("/")) as client:
+            assert (await client.try_login("demo", "wrong password")).status != 303
+            await client.login("demo", password)
+            status = await client.api("/api/status")
+            assert status["gateway"]["id"] == "gw-demo"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+        reader.join(10)
+        proc.stdout.close()
+    assert code == 0, "".join(lines[-20:])
+    assert any('"agent.stopped"' in line for line in lines)

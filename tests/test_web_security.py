@@ -1,0 +1,410 @@
+"""The page's security promises, against the real server of a running agent: no session, no
+data; no CSRF token, no action; no path out of the static folder; no unlimited guessing; no
+secret in any answer; no page at all without a configured user."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import re
+import ssl
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from test_web_support import (
+    TECH_PASSWORD,
+    VIEW_PASSWORD,
+    WebClient,
+    base_url,
+    default_devices,
+    password_hash,
+    running_agent,
+    web_section,
+)
+
+from agent.runtime import Runtime
+
+pytestmark = pytest.mark.slow
+
+UPLINK_SECRET = "uplink-SECRET-4f1d9c2b7e"
+ENV_SECRET = "env-SECRET-8a7c6b5d4e"
+
+
+def _routes(runtime: Runtime) -> list[tuple[str, str]]:
+    """Every route of the app, with a real device id where the path takes one."""
+    assert runtime.web is not None
+    routes = []
+    for route in runtime.web.app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if route.method == "HEAD" or path is None:
+            continue
+        path = path.replace("{device}", "meter-1").replace("{name}", "app.js")
+        routes.append((route.method, path))
+    return routes
+
+
+async def test_everything_but_login_and_assets_needs_a_session(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        routes = _routes(runtime)
+        assert len(routes) >= 18
+        public = {
+            ("GET", "/login"),
+            ("POST", "/login"),
+            ("POST", "/lang"),
+            ("GET", "/static/app.js"),
+        }
+        for method, path in routes:
+            if (method, path) in public:
+                continue
+            response = await client.http.request(
+                method, client.url + path, allow_redirects=False, data={"csrf": "x"}
+            )
+            body = await response.text()
+            if path.startswith("/api/") or path == "/metrics" or method == "POST":
+                assert response.status == 401, (method, path, response.status)
+            else:
+                assert response.status == 303, (method, path, response.status)
+                assert response.headers["Location"].startswith("/login?next=")
+            assert "meter-1" not in body or path == "/metrics", (method, path)
+        # Unknown paths do not tell whether they exist.
+        assert (await client.get("/api/nothing")).status == 401
+        # A forged session cookie is no session.
+        client.http.cookie_jar.update_cookies({"eag_session": "forged"})
+        assert (await client.get("/api/status")).status == 401
+
+
+async def test_session_cookie_and_headers(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        response = await client.try_login("tech", TECH_PASSWORD)
+        cookie = response.cookies["eag_session"]
+        assert cookie["httponly"]
+        assert cookie["samesite"] == "Strict"
+        assert len(cookie.value) >= 40
+        page = await client.get("/")
+        csp = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp
+        assert "script-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert page.headers["X-Frame-Options"] == "DENY"
+        assert page.headers["Cache-Control"] == "no-store"
+        # Fixation: a token planted in a browser before its login is replaced, and ends.
+        async with WebClient(client.url) as victim:
+            token = await victim.login_token()
+            victim.http.cookie_jar.update_cookies({"eag_session": cookie.value})
+            again = await victim.post(
+                "/login", data={"csrf": token, "username": "tech", "password": TECH_PASSWORD}
+            )
+            assert again.status == 303
+            assert again.cookies["eag_session"].value != cookie.value
+        assert (await client.get("/api/status")).status == 401
+
+
+async def test_csrf_is_required_on_every_action(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login()
+        actions = [
+            ("/api/devices/meter-1/read", None),
+            ("/api/devices/meter-1/commands", {"action": "output.set", "args": {"on": True}}),
+        ]
+        for path, body in actions:
+            for headers in ({}, {"X-CSRF-Token": "forged"}, {"X-CSRF-Token": ""}):
+                response = await client.post(path, json=body or {}, headers=headers)
+                assert response.status == 403, (path, headers)
+                assert (await response.json())["error"] == "csrf"
+            # The right token from another origin is refused too.
+            response = await client.post(
+                path,
+                json=body or {},
+                headers={"X-CSRF-Token": client.csrf, "Origin": "http://evil.example"},
+            )
+            assert response.status == 403
+        entry = runtime.devices["meter-1"]
+        assert entry.driver.outputs == {}, "no refused command reached the device"
+        for path in ("/logout", "/lang"):
+            response = await client.post(path, data={"csrf": "forged", "lang": "en"})
+            assert response.status == 403, path
+        assert (await client.get("/api/status")).status == 200, "still logged in"
+        # And with the right token the same requests work.
+        response = await client.api_post(*actions[1])
+        assert (await response.json())["status"] == "ok"
+        assert entry.driver.outputs == {0: True}
+
+
+async def test_login_form_needs_its_own_token(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login_token()
+        for token in ("", "forged"):
+            response = await client.post(
+                "/login", data={"csrf": token, "username": "tech", "password": TECH_PASSWORD}
+            )
+            assert response.status == 403
+            assert "eag_session" not in response.cookies
+        # A cross-site form post carries no cookie (SameSite=Strict) and an alien Origin.
+        token = await client.login_token()
+        response = await client.post(
+            "/login",
+            data={"csrf": token, "username": "tech", "password": TECH_PASSWORD},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert response.status == 403
+
+
+async def test_static_files_cannot_be_escaped(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        js = await client.get("/static/app.js")
+        assert js.status == 200
+        assert js.headers["Content-Type"].startswith("text/javascript")
+        etag = js.headers["ETag"]
+        assert (await client.get("/static/app.js", headers={"If-None-Match": etag})).status == 304
+        for path in (
+            "/static/../server.py",
+            "/static/..%2fserver.py",
+            "/static/%2e%2e/%2e%2e/agent.yaml",
+            "/static/..%2F..%2F..%2Fetc%2Fpasswd",
+            "/static/....//....//etc/passwd",
+            "/static/%2e%2e%5cserver.py",
+            "/static/app.js%00.css",
+            "/static/.hidden.js",
+            "/static/",
+        ):
+            response = await client.http.get(
+                client.url + path, allow_redirects=False, headers={}, skip_auto_headers=()
+            )
+            body = await response.read()
+            assert response.status in (303, 404), (path, response.status)
+            assert b"import " not in body, path
+            assert b"root:" not in body, path
+
+
+async def test_login_brute_force_is_throttled(tmp_path: Path) -> None:
+    web = web_section(login_max_failures=3, login_lockout_s=30)
+    async with running_agent(tmp_path, web=web) as runtime, WebClient(base_url(runtime)) as client:
+        for guess in ("a", "b", "c"):
+            response = await client.try_login("tech", guess)
+            assert response.status == 401
+            assert "eag_session" not in response.cookies
+        # Locked: even the right password is not even checked now...
+        response = await client.try_login("tech", TECH_PASSWORD)
+        assert response.status == 429
+        assert 1 <= int(response.headers["Retry-After"]) <= 30
+        assert "eag_session" not in response.cookies
+        # ...and the address is locked whatever name it tries.
+        assert (await client.try_login("view", VIEW_PASSWORD)).status == 429
+        # Basic auth on /metrics goes through the same throttle.
+        auth = base64.b64encode(f"tech:{TECH_PASSWORD}".encode()).decode()
+        metrics = await client.get("/metrics", headers={"Authorization": f"Basic {auth}"})
+        assert metrics.status == 401
+
+
+async def test_unknown_names_cost_a_hash_too(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        response = await client.try_login("nobody", "whatever-pass")
+        assert response.status == 401
+        text = await response.text()
+        # The same answer for a wrong name as for a wrong password.
+        wrong_pw = await (await client.try_login("tech", "whatever-pass")).text()
+        strip = re.compile(r'name="csrf" value="[^"]+"')
+        assert strip.sub("", text) == strip.sub("", wrong_pw)
+
+
+async def test_no_secret_in_any_page_or_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "uplink.key").write_text(UPLINK_SECRET + "\n")
+    monkeypatch.setenv("EDGE_TEST_SECRET", ENV_SECRET)
+    devices = default_devices()
+    devices[1]["name"] = "password=" + ENV_SECRET[:4]  # a name is not a secret: shown
+    uplink = {
+        "http": {
+            "url": f"http://user:{ENV_SECRET}@127.0.0.1:9/api",
+            "key_id": "gw-test",
+            "secret": {"file": "uplink.key"},
+            "commands": False,
+            "first_attempt_jitter_s": 0,
+        }
+    }
+    tech_hash = password_hash(TECH_PASSWORD)
+    secrets = [UPLINK_SECRET, ENV_SECRET, TECH_PASSWORD, VIEW_PASSWORD, tech_hash]
+    secrets += tech_hash.split("$")[4:]  # the salt and the key on their own
+    async with (
+        running_agent(tmp_path, devices, uplink=uplink) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        await client.login()
+        await client.api_post("/api/devices/meter-1/read")
+        await client.api_post(
+            "/api/devices/meter-1/commands", {"action": "output.set", "args": {"on": True}}
+        )
+        paths = [
+            "/",
+            "/devices",
+            "/devices/meter-1",
+            "/devices/meter-2",
+            "/events",
+            "/config",
+            "/api/status",
+            "/api/devices",
+            "/api/devices/meter-1",
+            "/api/devices/meter-1/history",
+            "/api/events",
+            "/api/config",
+            "/metrics",
+            "/login",
+        ]
+        for path in paths:
+            response = await client.get(path)
+            assert response.status in (200, 303), path
+            body = await response.text()
+            for secret in secrets:
+                assert secret not in body, (path, secret[:6])
+        config = await client.api("/api/config")
+        assert config["config"]["uplink"]["http"]["secret"] == "***"
+        assert config["config"]["uplink"]["http"]["url"] == "http://user:***@127.0.0.1:9/api"
+        assert {u["password_hash"] for u in config["config"]["web"]["users"]} == {"***"}
+
+
+async def test_sessions_end_when_the_password_changes(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login()
+        assert runtime.config_path is not None
+        text = runtime.config_path.read_text()
+        new_hash = password_hash("a-new-password-1")
+        runtime.config_path.write_text(text.replace(password_hash(TECH_PASSWORD), new_hash))
+        assert await runtime.reload()
+        assert (await client.get("/api/status")).status == 401
+        assert (await client.try_login("tech", TECH_PASSWORD)).status == 401
+        await client.login("tech", "a-new-password-1")
+
+
+async def test_viewer_may_look_but_not_act(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login("view", VIEW_PASSWORD)
+        assert (await client.api("/api/devices/meter-1"))["commands"]
+        read = await client.api_post("/api/devices/meter-1/read")
+        assert read.status == 403
+        command = await client.api_post(
+            "/api/devices/meter-1/commands", {"action": "output.set", "args": {"on": True}}
+        )
+        assert command.status == 403
+        assert runtime.devices["meter-1"].driver.outputs == {}
+        assert runtime.state.commands == {}, "refused before the command path"
+
+
+async def test_metrics_open_or_behind_a_login(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        assert (await client.get("/metrics")).status == 401
+        auth = base64.b64encode(f"view:{VIEW_PASSWORD}".encode()).decode()
+        response = await client.get("/metrics", headers={"Authorization": f"Basic {auth}"})
+        assert response.status == 200
+        bad = base64.b64encode(b"view:wrong").decode()
+        assert (
+            await client.get("/metrics", headers={"Authorization": f"Basic {bad}"})
+        ).status == 401
+    async with (
+        running_agent(tmp_path / "open", web=web_section(metrics="open")) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/api/status")).status == 401
+
+
+async def test_no_users_no_page(tmp_path: Path) -> None:
+    async with running_agent(tmp_path, web={"listen": "127.0.0.1:0"}) as runtime:
+        assert runtime.web is None
+    # With /metrics open, the server runs for it alone; the login page says why it is off.
+    web_cfg = {"listen": "127.0.0.1:0", "metrics": "open"}
+    async with (
+        running_agent(tmp_path / "metrics", web=web_cfg) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        assert (await client.get("/metrics")).status == 200
+        login = await client.get("/login")
+        assert "web.users" in await login.text()
+        assert (await client.try_login("tech", TECH_PASSWORD)).status == 401
+
+
+async def test_a_busy_port_does_not_stop_the_agent(tmp_path: Path) -> None:
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with running_agent(tmp_path, web=web_section(listen=f"127.0.0.1:{port}")) as rt:
+            assert rt.web is None
+            assert rt.state.devices["meter-1"].reads >= 1
+    finally:
+        await runner.cleanup()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "web.pem", directory / "web.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_https_marks_cookies_secure(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    tls = {"cert_file": str(cert_file), "key_file": str(key_file)}
+    async with running_agent(tmp_path, web=web_section(tls=tls)) as runtime:
+        assert runtime.web is not None
+        assert runtime.web.urls == [f"https://127.0.0.1:{runtime.web.port}/"]
+        trust = ssl.create_default_context(cafile=str(cert_file))
+        url = f"https://127.0.0.1:{runtime.web.port}"
+        async with WebClient(url, ssl_context=trust) as client:
+            await client.login_token()
+            response = await client.try_login("tech", TECH_PASSWORD)
+            assert response.status == 303
+            assert response.cookies["eag_session"]["secure"]
+            assert (await client.api("/api/status"))["gateway"]["id"] == "gw-test"
+
+
+async def test_names_from_the_config_are_never_markup(tmp_path: Path) -> None:
+    evil = '<img src=x onerror="alert(1)"></script><script>alert(2)</script>'
+    devices = default_devices()
+    devices[0]["name"] = evil
+    gateway = {"id": "gw-test", "name": evil, "community": {"code": "350102001001"}}
+    async with (
+        running_agent(tmp_path, devices, gateway=gateway) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        await client.login()
+        for path in ("/", "/devices", "/devices/meter-1", "/events", "/config", "/login"):
+            page = await (await client.get(path)).text()
+            assert "<img" not in page, path
+            assert "<script>alert" not in page, path
+            assert page.count("</script>") == page.count("<script"), path
+        detail = await client.api("/api/devices/meter-1")
+        assert detail["device"]["name"] == evil
