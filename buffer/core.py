@@ -149,12 +149,34 @@ class Batch:
         return [int(r[_SEQ_PREFIX_LEN : r.index(b",", _SEQ_PREFIX_LEN)]) for r in self.records]
 
     def split(self) -> tuple[Batch, Batch]:
-        """Two halves, in order, each with exact ranges (to isolate a record the platform rejects).
-
-        Valid because ``take`` returns, per priority, every record between the range's ends.
-        """
+        """Two halves, in order, with exact ranges (to isolate a record the platform rejects)."""
         if len(self.records) < 2:
             raise ValueError("a batch of one record cannot be split")
+        seqs, prios = self.seqs(), self._priorities()
+        mid = len(self.records) // 2
+        return (
+            self._part(self.records[:mid], seqs[:mid], prios[:mid]),
+            self._part(self.records[mid:], seqs[mid:], prios[mid:]),
+        )
+
+    def cut(self, max_records: int, max_bytes: int) -> list[Batch]:
+        """Consecutive batches within both limits (each at least one record), exact ranges."""
+        if len(self.records) <= max_records and self.size <= max_bytes:
+            return [self]
+        seqs, prios = self.seqs(), self._priorities()
+        out: list[Batch] = []
+        start = size = 0
+        for j, record in enumerate(self.records):
+            if j > start and (j - start >= max_records or size + len(record) > max_bytes):
+                out.append(self._part(self.records[start:j], seqs[start:j], prios[start:j]))
+                start, size = j, 0
+            size += len(record)
+        out.append(self._part(self.records[start:], seqs[start:], prios[start:]))
+        return out
+
+    def _priorities(self) -> list[int]:
+        """The priority of each record. Slices of a batch keep exact ranges because ``take``
+        returns, per priority, every record between a range's ends."""
         seqs = self.seqs()
         prios: list[int] = []
         i = 0
@@ -166,11 +188,7 @@ class Batch:
                     break
         if len(prios) != len(seqs):
             raise ValueError("batch records do not match its ranges")
-        mid = len(self.records) // 2
-        return (
-            self._part(self.records[:mid], seqs[:mid], prios[:mid]),
-            self._part(self.records[mid:], seqs[mid:], prios[mid:]),
-        )
+        return prios
 
     def _part(self, records: list[bytes], seqs: list[int], prios: list[int]) -> Batch:
         ranges: list[tuple[int, int, int]] = []

@@ -657,7 +657,6 @@ async def poison_of(buffer: AsyncBuffer) -> list[tuple[bytes, str]]:
 
 
 def test_slices_keep_order_limits_and_exact_ranges(tmp_path: Path) -> None:
-    from agent.uplink.http import _slices
     from buffer import Buffer
 
     with contextlib.closing(Buffer.open(tmp_path / "b.db", durability="normal")) as buf:
@@ -665,7 +664,7 @@ def test_slices_keep_order_limits_and_exact_ranges(tmp_path: Path) -> None:
         chunk = buf.take(1000, 1 << 20)
         assert chunk is not None
         max_bytes = max(len(r) for r in chunk.records) * 3 + 1
-        parts = _slices(chunk, 7, max_bytes)
+        parts = chunk.cut(7, max_bytes)
         assert [r for part in parts for r in part.records] == chunk.records
         assert all(len(p.records) <= 7 and p.size <= max_bytes for p in parts)
         assert all(p.size == sum(map(len, p.records)) for p in parts)

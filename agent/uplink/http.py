@@ -256,7 +256,7 @@ class HttpUplinkClient:
             if chunk is None:
                 await asyncio.sleep(self._idle_poll_s)
                 continue
-            await self._deliver_chunk(_slices(chunk, max_records, self._max_bytes))
+            await self._deliver_chunk(chunk.cut(max_records, self._max_bytes))
 
     async def _deliver_chunk(self, parts: list[Batch]) -> None:
         acks: list[asyncio.Future[int]] = []
@@ -781,50 +781,6 @@ async def _settle(acks: list[asyncio.Future[int]], *, quiet: bool) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the cancellation is what goes on
         raise
-
-
-def _slices(batch: Batch, max_records: int, max_bytes: int) -> list[Batch]:
-    """Cut a taken batch into consecutive batches within both limits.
-
-    Every slice gets exact ``(priority, first_seq, last_seq)`` ranges, so acknowledging it
-    deletes exactly its records: ``take`` returns, per priority, every record between a range's
-    ends, and a contiguous slice keeps that true.
-    """
-    if len(batch.records) <= max_records and batch.size <= max_bytes:
-        return [batch]
-    seqs = batch.seqs()
-    prios: list[int] = []
-    i = 0
-    for prio, _first, last in batch.ranges:
-        while i < len(seqs):
-            prios.append(prio)
-            i += 1
-            if seqs[i - 1] == last:
-                break
-    if len(prios) != len(seqs):
-        raise ValueError("batch records do not match its ranges")
-    out: list[Batch] = []
-    start = 0
-    size = 0
-    for j, record in enumerate(batch.records):
-        if j > start and (j - start >= max_records or size + len(record) > max_bytes):
-            out.append(_part(batch, start, j, seqs, prios, size))
-            start, size = j, 0
-        size += len(record)
-    out.append(_part(batch, start, len(batch.records), seqs, prios, size))
-    return out
-
-
-def _part(
-    batch: Batch, start: int, end: int, seqs: list[int], prios: list[int], size: int
-) -> Batch:
-    ranges: list[tuple[int, int, int]] = []
-    for prio, seq in zip(prios[start:end], seqs[start:end], strict=True):
-        if ranges and ranges[-1][0] == prio:
-            ranges[-1] = (prio, ranges[-1][1], seq)
-        else:
-            ranges.append((prio, seq, seq))
-    return Batch(batch.epoch, batch.records[start:end], tuple(ranges), size)
 
 
 def _category(outcome: _Outcome) -> str:
