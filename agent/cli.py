@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
     pw.set_defaults(func=_hash_password)
 
+    # Installer tools of each driver family (`scan modbus`, `read modbus`); building the parser
+    # imports no protocol library.
+    from drivers.modbus.cli import add_commands as modbus_commands  # noqa: PLC0415
+
+    modbus_commands(sub)
+
     ref = sub.add_parser(
         "reference-platform",
         help="run the reference city platform (uplink API v1 server)",

@@ -32,6 +32,12 @@ DRIVERS: dict[str, DriverSpec] = {
     spec.name: spec
     for spec in (
         DriverSpec(
+            "modbus",
+            "drivers.modbus.config:ModbusDevice",
+            "drivers.modbus.driver:ModbusDriver",
+            extra="modbus",
+        ),
+        DriverSpec(
             "simulated",
             "drivers.simulated.config:SimulatedDevice",
             "drivers.simulated.driver:SimulatedDriver",

@@ -41,7 +41,12 @@ RIGS: dict[str, Rig] = {
     "modbus": Rig(
         "a Modbus RTU electricity meter on RS-485",
         ("EDGE_HW_MODBUS_PORT", "EDGE_HW_MODBUS_UNIT", "EDGE_HW_MODBUS_PROFILE"),
-        ("EDGE_HW_MODBUS_BAUD", "EDGE_HW_MODBUS_PARITY"),
+        (
+            "EDGE_HW_MODBUS_BAUD",
+            "EDGE_HW_MODBUS_PARITY",
+            "EDGE_HW_MODBUS_WRITE_ADDRESS",
+            "EDGE_HW_MODBUS_WRITE_TYPE",
+        ),
     ),
     "dlt645": Rig(
         "a DL/T 645-2007 electricity meter on RS-485",

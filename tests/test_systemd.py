@@ -183,8 +183,10 @@ def test_edge_agent_run_sends_ready_watchdog_stopping(receiver: Receiver, tmp_pa
     seen: list[tuple[int, str]] = []
     try:
         wait_for(
-            lambda: seen.extend(receiver.drain_with_pid())
-            or sum(text == "WATCHDOG=1" for _, text in seen) >= 3,
+            lambda: (
+                seen.extend(receiver.drain_with_pid())
+                or sum(text == "WATCHDOG=1" for _, text in seen) >= 3
+            ),
             what="READY and three watchdog pings from edge-agent run",
         )
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import re
@@ -146,7 +147,13 @@ async def test_device_detail_history_and_events(tmp_path: Path) -> None:
             {"action": "simulate.fault", "description": "change the fault at run time"},
         ]
         assert detail["can_test_read"] is True
+        assert detail["driver_counters"] == {}
         assert any(e["type"] == "status.online" for e in detail["events"])
+        # A driver that counts finer than the scheduler (Modbus: partial reads, CRC errors per
+        # request) has its counters shown as they are.
+        runtime.devices["meter-1"].driver.counters = collections.Counter(crc_error=2)
+        detail = await client.api("/api/devices/meter-1")
+        assert detail["driver_counters"] == {"crc_error": 2}
         history = await client.api("/api/devices/meter-1/history")
         assert history["bucket_s"] == 60
         energy = history["points"]["energy"]

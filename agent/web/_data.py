@@ -397,6 +397,9 @@ def device_detail(runtime: Runtime, device: DeviceConfig) -> dict[str, Any]:
                 else None
             ),
         },
+        # Drivers may count finer than the scheduler sees (a Modbus read that half failed):
+        # whatever Counter a driver exposes as ``counters`` is shown as it is.
+        "driver_counters": dict(getattr(entry.driver, "counters", {}) if entry else {}),
         "points": points,
         "events": events,
         "commands": _commands(runtime, device),
