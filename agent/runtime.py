@@ -31,7 +31,7 @@ from agent.driver import (
     StreamingDriver,
 )
 from agent.logs import get_logger
-from agent.records import Event, Record, Severity
+from agent.records import Event, Record, Severity, Status, StatusState
 from agent.scheduler import BusLane, DriverCrashedError, PolledDevice
 from agent.state import AgentState, DeviceState
 from agent.systemd import Notifier, watchdog_loop
@@ -146,7 +146,22 @@ class Runtime:
                 if device is not None:
                     device.restarts += 1
                     device.last_error = f"driver_error: {exc}"
-                    device.set_health(Health.DOWN)
+                    device.errors["driver_error"] += 1
+                    if device.set_health(Health.DOWN):
+                        # Not being read is offline for the platform, whatever the cause; the
+                        # next good read reports it online again.
+                        ts, synced = self.clock.stamp()
+                        await self.sink(
+                            [
+                                Status(
+                                    device=device.id,
+                                    ts=ts,
+                                    ts_synced=synced,
+                                    state=StatusState.OFFLINE,
+                                    reason="driver_error",
+                                )
+                            ]
+                        )
                 delay = min(2.0 ** min(restarts - 1, 10), _RESTART_BACKOFF_MAX_S)
                 delay *= random.uniform(0.8, 1.2)
                 self.log.error(

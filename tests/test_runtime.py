@@ -106,6 +106,13 @@ async def test_crashing_driver_is_restarted_with_backoff_and_an_event(tmp_path: 
     assert "simulated driver crash" in crashes[0]["data"]["error"]
     # Backoff grows: the second wait is longer than the first (1 s then 2 s, +-20 % jitter).
     assert crashes[1]["data"]["restart_in_s"] > crashes[0]["data"]["restart_in_s"]
+    # The platform hears the device went offline (once, with the reason) and came back.
+    status = [
+        (r["state"], r.get("reason"))
+        for r in records
+        if r["kind"] == "status" and r["device"] == "buggy"
+    ]
+    assert status[:3] == [("online", None), ("offline", "driver_error"), ("online", None)]
     # The steady device kept polling all along (about 5 reads a second over >= 1 s of backoff).
     assert steady_reads >= 5
     assert runtime.state.devices["buggy"].reads >= 2
