@@ -130,7 +130,6 @@ class Runtime:
         name: str,
         body: Callable[[], Awaitable[None]],
         *,
-        on_crash: Callable[[], Awaitable[None]] | None = None,
         device: DeviceState | None = None,
     ) -> None:
         """Run ``body`` until it returns; restart it with backoff whenever it raises."""
@@ -180,9 +179,6 @@ class Runtime:
                     restarts=restarts,
                     restart_in_s=round(delay, 2),
                 )
-                if on_crash is not None:
-                    with contextlib.suppress(Exception):
-                        await on_crash()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
             else:
@@ -233,7 +229,21 @@ class Runtime:
             device.id, DeviceState(id=device.id, driver=device.driver)
         )
         name = f"driver[{device.driver}:{device.id}]"
-        driver = self._make_driver(device)
+        try:
+            driver = self._make_driver(device)
+        except ImportError as exc:
+            # A gateway installed without this driver's extra: the other devices go on, and the
+            # page and the platform say exactly what is missing.
+            state.set_health(Health.DOWN)
+            state.last_error = f"driver_unavailable: {exc}"
+            self.log.error("device.driver_unavailable", device=device.id, error=str(exc))
+            self._spawn(
+                f"event[{device.id}]",
+                self.event(
+                    "agent.driver_unavailable", Severity.ALARM, device=device.id, error=str(exc)
+                ),
+            )
+            return
         entry = _Device(device, driver, None)
         self.devices[device.id] = entry
 

@@ -300,3 +300,32 @@ def test_corrupt_buffer_at_start_is_moved_aside_and_the_agent_runs(tmp_path: Pat
     records = buffer_records(db)
     assert records[0]["type"] == "agent.buffer_corrupt"
     assert records[0]["data"]["moved_to"] == str(moved)
+
+
+async def test_a_driver_that_cannot_be_imported_is_reported_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import drivers
+
+    spec = drivers.DRIVERS["simulated"]
+    monkeypatch.setitem(
+        drivers.DRIVERS,
+        "simulated",
+        drivers.DriverSpec(spec.name, spec.config, "drivers.not_installed:Driver", extra="sim"),
+    )
+    runtime = Runtime(load_config(write_config(tmp_path, [sim_device("a")])), clock=Clock("always"))
+    await _run_until(
+        runtime,
+        lambda: "a" in runtime.state.devices and runtime.state.uptime_s > 0.2,
+        what="the start",
+    )
+    state = runtime.state.devices["a"]
+    assert state.health is Health.DOWN
+    assert state.last_error is not None
+    assert "install community-edge-agent[sim]" in state.last_error
+    events = [
+        r["data"]
+        for r in buffer_records(tmp_path / "buffer.db")
+        if r["kind"] == "event" and r["type"] == "agent.driver_unavailable"
+    ]
+    assert [e["device"] for e in events] == ["a"]
