@@ -293,6 +293,8 @@ async def test_viewer_cannot_send_a_command(
     await expect(page.locator("#command-form")).to_be_hidden()
     await expect(page.locator("#test-read")).to_be_hidden()
     await expect(page.locator("#card-commands .viewer-only")).to_have_text("仅技术员可操作。")
+    # The driver's English description is replaced by the catalog's words.
+    await expect(page.locator("#card-commands li").first).to_contain_text("开关输出")
     commands_before = len(proc.events("command.done")) + len(proc.events("command.refused"))
     # Even past the page, with a valid session and CSRF token, the server says no.
     status = await page.evaluate(

@@ -18,6 +18,12 @@
 
   // ------------------------------------------------------------------ text and formats
 
+  // A driver describes its commands in English; the catalogs translate the known ones.
+  function commandText(c) {
+    const key = `command.${c.action}`;
+    return Object.prototype.hasOwnProperty.call(CAT, key) ? CAT[key] : c.description;
+  }
+
   function T(key, params) {
     let text = Object.prototype.hasOwnProperty.call(CAT, key) ? CAT[key] : key;
     if (params) {
@@ -402,7 +408,7 @@
       if (key !== commandsShown) {
         commandsShown = key;
         document.getElementById("commands").replaceChildren(...data.commands.map((c) =>
-          el("li", {}, el("code", { text: c.action }), c.description ? ` – ${c.description}` : "")));
+          el("li", {}, el("code", { text: c.action }), commandText(c) ? ` – ${commandText(c)}` : "")));
         document.getElementById("cmd-action").replaceChildren(...data.commands.map((c) =>
           el("option", { value: c.action, text: c.action })));
         document.getElementById("no-commands").hidden = data.commands.length !== 0;
