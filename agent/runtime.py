@@ -41,6 +41,10 @@ from drivers import driver_class
 __all__ = ["Runtime"]
 
 _RESTART_BACKOFF_MAX_S = 60.0
+BUFFER_CHECK_ANNOUNCE_BYTES = 64 * 2**20
+"""A buffer file this large gets systemd's start timeout extended while it is checked."""
+BUFFER_CHECK_BYTES_PER_S = 2 * 2**20
+"""A pessimistic read rate of a worn SD card, for that extension."""
 
 
 class _Device:
@@ -559,8 +563,24 @@ class Runtime:
         except Exception as exc:
             self.log.error("config.reload_failed", error=str(exc), exc_info=exc)
 
+    def _announce_buffer_check(self) -> None:
+        """Opening checks the whole buffer file (``quick_check``): a week's backlog on an SD card
+        can take longer than systemd's start timeout, and a start killed for it would be retried
+        forever. Tell systemd how long to wait, and the technician what is happening."""
+        if self._notifier is None:
+            return
+        try:
+            size = self.config.buffer.path.stat().st_size
+        except OSError:
+            return
+        if size < BUFFER_CHECK_ANNOUNCE_BYTES:
+            return
+        self._notifier.status(f"checking the buffer ({size / 2**20:.0f} MB)")
+        self._notifier.extend_timeout(60 + size / BUFFER_CHECK_BYTES_PER_S)
+
     async def start(self) -> None:
         cfg = self.config
+        self._announce_buffer_check()
         self.buffer = await AsyncBuffer.open(
             cfg.buffer.path,
             commit_interval_ms=cfg.buffer.commit_interval_ms,

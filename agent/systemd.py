@@ -101,6 +101,11 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self._send(["RELOADING=1", f"MONOTONIC_USEC={usec}"])
 
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for ``seconds`` more before the start (or stop) times out (``EXTEND_TIMEOUT_USEC``):
+        opening a large buffer on slow flash may take longer than ``TimeoutStartSec``."""
+        return self._send([f"EXTEND_TIMEOUT_USEC={max(1, round(seconds * 1_000_000))}"])
+
     def stopping(self) -> bool:
         """The agent began to shut down (``STOPPING=1``)."""
         return self._send(["STOPPING=1"])

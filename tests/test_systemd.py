@@ -199,6 +199,32 @@ def test_edge_agent_run_sends_ready_watchdog_stopping(receiver: Receiver, tmp_pa
     assert set(texts[1:-1]) == {"WATCHDOG=1"}
 
 
+async def test_a_large_buffer_extends_the_start_timeout_while_it_is_checked(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from agent_proc import sim_device, write_config
+
+    from agent import runtime as runtime_module
+    from agent.clock import Clock
+    from agent.config.loader import load_config
+
+    config = load_config(write_config(tmp_path, [sim_device("m")]))
+    (tmp_path / "buffer.db").write_bytes(b"\0" * 4096)  # stands in for a large file
+    monkeypatch.setattr(runtime_module, "BUFFER_CHECK_ANNOUNCE_BYTES", 4096)
+    notifier = Notifier({"NOTIFY_SOCKET": receiver.notify_socket})
+    runtime = runtime_module.Runtime(config, notifier=notifier, clock=Clock("always"))
+    runtime._announce_buffer_check()
+    status, extend = receiver.drain()
+    assert status == "STATUS=checking the buffer (0 MB)"
+    usec = int(extend.removeprefix("EXTEND_TIMEOUT_USEC="))
+    assert 60_000_000 <= usec < 61_000_000
+    # A small file (the usual case) costs no message at all.
+    monkeypatch.setattr(runtime_module, "BUFFER_CHECK_ANNOUNCE_BYTES", 4097)
+    runtime._announce_buffer_check()
+    assert receiver.drain() == []
+
+
 async def test_abstract_namespace_socket() -> None:
     rx = Receiver(f"\0edge-agent-test-{uuid.uuid4().hex}")
     try:
