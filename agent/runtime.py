@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import random
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class Runtime:
         self._stopped = asyncio.Event()
         self.uplink: Any = None
         self.control: ControlServer | None = None
+        self._unwritable_since: int | None = None
+        self._lost_at_failure = 0
         self.web: Any = None
         """The diagnostic page (:class:`agent.web.server.WebServer`) while it is served."""
 
@@ -101,9 +104,43 @@ class Runtime:
         assert self.buffer is not None
         for record in records:
             self.state.observe(record)
-        # Shielded: a poll task cancelled at shutdown must not abandon records it handed over.
-        await asyncio.shield(self.buffer.append(records))
+        try:
+            # Shielded: a poll task cancelled at shutdown must not abandon records it handed over.
+            await asyncio.shield(self.buffer.append(records))
+        except (sqlite3.Error, OSError) as exc:
+            # A full disk or a failing card: these records cannot be accepted. Polling goes on,
+            # the loss is counted and reported, and appends resume when the buffer can write.
+            self._buffer_write_failed(len(records), exc)
+            return
         self.state.records_accepted += len(records)
+        if self.state.records_lost_unwritable and self._unwritable_since is not None:
+            await self._buffer_writable_again()
+
+    def _buffer_write_failed(self, count: int, exc: Exception) -> None:
+        self.state.records_lost_unwritable += count
+        self.state.buffer.last_error = f"{type(exc).__name__}: {exc}"
+        if self._unwritable_since is None:
+            self._unwritable_since = self.clock.stamp()[0]
+            self._lost_at_failure = self.state.records_lost_unwritable - count
+            self.log.error(
+                "buffer.write_failed",
+                error=self.state.buffer.last_error,
+                path=str(self.config.buffer.path),
+                hint="free space on the gateway's flash; records are lost until it can write",
+            )
+
+    async def _buffer_writable_again(self) -> None:
+        since, self._unwritable_since = self._unwritable_since, None
+        lost = self.state.records_lost_unwritable - self._lost_at_failure
+        error, self.state.buffer.last_error = self.state.buffer.last_error, None
+        self.log.warning("buffer.write_recovered", records_lost=lost, since_ms=since)
+        await self.event(
+            "agent.buffer_write_failed",
+            Severity.ALARM,
+            records_lost=lost,
+            since_ms=since,
+            error=error,
+        )
 
     async def event(self, type_: str, severity: Severity = Severity.INFO, **data: Any) -> None:
         ts, synced = self.clock.stamp()

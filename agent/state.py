@@ -168,6 +168,8 @@ class BufferFigures:
     oldest_ms: int | None = None
     dropped: int = 0
     poisoned: int = 0
+    last_error: str | None = None
+    """Why the buffer cannot write right now (a full disk); None while it can."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +202,8 @@ class AgentState:
     started_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     clock_synced: bool = True
     records_accepted: int = 0
+    records_lost_unwritable: int = 0
+    """Records the buffer could not store (disk full, I/O error): never accepted, counted here."""
     devices: dict[str, DeviceState] = dataclasses.field(default_factory=dict)
     buffer: BufferFigures = dataclasses.field(default_factory=BufferFigures)
     uplink: UplinkState = dataclasses.field(default_factory=UplinkState)
@@ -241,6 +245,7 @@ class AgentState:
             "uptime_s": round(self.uptime_s, 1),
             "clock_synced": self.clock_synced,
             "records_accepted": self.records_accepted,
+            "records_lost_unwritable": self.records_lost_unwritable,
             "devices_total": len(devices),
             "devices_up": sum(d.health is Health.OK for d in devices),
             "task_restarts": self.task_restarts,

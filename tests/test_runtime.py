@@ -329,3 +329,47 @@ async def test_a_driver_that_cannot_be_imported_is_reported_not_fatal(
         if r["kind"] == "event" and r["type"] == "agent.driver_unavailable"
     ]
     assert [e["device"] for e in events] == ["a"]
+
+
+async def test_a_full_disk_loses_no_accepted_record_and_polling_goes_on(tmp_path: Path) -> None:
+    """SQLite's max_page_count stands in for a full disk: the same SQLITE_FULL error."""
+    runtime = Runtime(
+        load_config(write_config(tmp_path, [sim_device("m", interval_s=0.05)])),
+        clock=Clock("always"),
+    )
+    task = asyncio.create_task(runtime.run(install_signals=False))
+
+    async def on_buffer_thread(sql: str) -> None:
+        assert runtime.buffer is not None
+        buf = runtime.buffer
+        await asyncio.get_running_loop().run_in_executor(
+            buf._executor, lambda: buf._buffer._conn.execute(sql).fetchall()
+        )
+
+    try:
+        await asyncio.wait_for(_until(lambda: _reads(runtime, "m") >= 3), 30)
+        await on_buffer_thread("PRAGMA max_page_count = 1")  # no page more: the disk is full
+        await asyncio.wait_for(_until(lambda: runtime.state.records_lost_unwritable >= 20), 30)
+        reads_while_full = _reads(runtime, "m")
+        assert runtime.state.buffer.last_error is not None
+        assert "full" in runtime.state.buffer.last_error
+        await asyncio.wait_for(_until(lambda: _reads(runtime, "m") > reads_while_full + 5), 30)
+        await on_buffer_thread("PRAGMA max_page_count = 1073741823")  # space again
+        await asyncio.wait_for(_until(lambda: runtime.state.buffer.last_error is None), 30)
+        lost = runtime.state.records_lost_unwritable
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+    records = buffer_records(tmp_path / "buffer.db")
+    # Every record the runtime accepted is there, seqs without a gap: nothing was half-stored.
+    assert len(records) == runtime.state.records_accepted
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    reports = [
+        r["data"]
+        for r in records
+        if r["kind"] == "event" and r["type"] == "agent.buffer_write_failed"
+    ]
+    assert len(reports) == 1
+    assert reports[0]["records_lost"] <= lost
+    assert reports[0]["records_lost"] >= 20
+    assert "full" in reports[0]["error"]

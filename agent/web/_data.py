@@ -245,6 +245,7 @@ def status_payload(runtime: Runtime, probes: Probes, throughput: Throughput) -> 
         "uplink": uplink,
         "throughput": throughput.rates(state.records_accepted, state.uplink.records_sent),
         "records_accepted": state.records_accepted,
+        "records_lost_unwritable": state.records_lost_unwritable,
         "task_restarts": state.task_restarts,
         "memory_rss_bytes": process_rss_bytes(),
         "devices": _health_counts(states, disabled),

@@ -97,6 +97,12 @@ def render_metrics(runtime: Runtime, probes: Probes) -> str:
         state.records_accepted,
     )
     w.one(
+        "edge_agent_records_lost_total",
+        "counter",
+        "Records the buffer could not store (disk full, I/O error).",
+        state.records_lost_unwritable,
+    )
+    w.one(
         "edge_agent_task_restarts_total",
         "counter",
         "Supervised task crashes that were restarted.",
