@@ -26,7 +26,8 @@ venv_install() {
     echo "Python 3.11 or newer is needed (found: $(python3 --version 2>&1))" >&2
     exit 1
   fi
-  python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+  # Debian splits ensurepip out of python3: without python3-venv, venv creation fails.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_install python3-venv
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
