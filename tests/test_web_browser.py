@@ -94,6 +94,12 @@ async def browser() -> AsyncIterator[Browser]:
         chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         await chromium.close()
+    # Playwright closes its driver's pipes in a task of its own (``PipeTransport.run``). If the
+    # module's event loop ends first, the pipes are left to the garbage collector, whose
+    # ResourceWarning then fails the whole session at random. Let those tasks finish here.
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=10)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
