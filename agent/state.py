@@ -200,6 +200,8 @@ class AgentState:
     gateway_id: str
     version: str
     started_monotonic: float = dataclasses.field(default_factory=time.monotonic)
+    started_ms: int = dataclasses.field(default_factory=now_ms)
+    """Wall time of the start, fixed once: derived from now - uptime it would wobble by a ms."""
     clock_synced: bool = True
     records_accepted: int = 0
     records_lost_unwritable: int = 0

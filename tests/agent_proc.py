@@ -94,9 +94,13 @@ class AgentProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line)
+        # This thread alone reads and closes the pipe: closing it from another thread while a
+        # read is blocked in it can fail and leave the file to the garbage collector.
+        stdout = self.proc.stdout
+        assert stdout is not None
+        with stdout:
+            for line in stdout:
+                self._queue.put(line)
         self._queue.put(None)
 
     def _drain(self) -> None:
@@ -147,10 +151,10 @@ class AgentProcess:
         self._close()
 
     def _close(self) -> None:
-        self._reader.join(10)
+        # The child has exited, so its end of the pipe is closed and the reader sees EOF.
+        self._reader.join(30)
+        assert not self._reader.is_alive(), "the log reader did not see the pipe close"
         self._drain()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._drain()

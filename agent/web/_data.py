@@ -238,7 +238,7 @@ def status_payload(runtime: Runtime, probes: Probes, throughput: Throughput) -> 
         },
         "version": state.version,
         "uptime_s": round(state.uptime_s, 1),
-        "started_ms": now - int(state.uptime_s * 1000),
+        "started_ms": state.started_ms,
         "clock_synced": state.clock_synced,
         "disk": probes.disk(),
         "buffer": buffer,
