@@ -87,7 +87,6 @@ class Runtime:
         self._shared_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
-        self._stopped = asyncio.Event()
         self.uplink: Any = None
         self.control: ControlServer | None = None
         self._unwritable_since: int | None = None
@@ -113,7 +112,7 @@ class Runtime:
             self._buffer_write_failed(len(records), exc)
             return
         self.state.records_accepted += len(records)
-        if self.state.records_lost_unwritable and self._unwritable_since is not None:
+        if self._unwritable_since is not None:
             await self._buffer_writable_again()
 
     def _buffer_write_failed(self, count: int, exc: Exception) -> None:
@@ -693,7 +692,6 @@ class Runtime:
                 await self.event("agent.stopped")
             await self.buffer.close()
         self.log.info("agent.stopped", records_accepted=self.state.records_accepted)
-        self._stopped.set()
 
     async def run(self, *, install_signals: bool = True, started: bool = False) -> int:
         """Start (unless ``started``), run until SIGTERM/SIGINT or :meth:`request_stop`, stop
