@@ -318,6 +318,10 @@ async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
         assert _one(families, "edge_agent_device_reads_total", device="meter-2") >= 1
         assert _one(families, "edge_agent_commands_total", source="web", status="ok") == 1
         assert _one(families, "edge_agent_buffer_records") >= 0
+        # The timed-out meter held its lane for its whole timeout at least once.
+        assert _one(families, "edge_agent_bus_busy_seconds_total", lane="device:meter-1") >= (
+            runtime.config.devices[0].timeout_s
+        )
         info = families["edge_agent_info"][0][0]
         assert info == {
             "version": runtime.state.version,

@@ -108,6 +108,14 @@ def render_metrics(runtime: Runtime, probes: Probes) -> str:
         "Supervised task crashes that were restarted.",
         state.task_restarts,
     )
+    # Seconds each bus was held by a request: its rate is the bus's utilisation, the figure that
+    # says whether a slow RS-485 line has room for another meter.
+    w.family(
+        "edge_agent_bus_busy_seconds_total",
+        "counter",
+        "Seconds the bus (or a bus-less device's own lane) was held by requests.",
+        [((("lane", name),), lane.busy_s) for name, lane in sorted(runtime.lanes.items())],
+    )
     disk = probes.disk()
     w.one(
         "edge_agent_disk_free_bytes",
