@@ -14,6 +14,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from drivers.modbus.codec import (
+    DATA_TYPES,
+    TABLES,
+    WORD_ORDERS,
+    exception_reason,
+    reply_length,
+)
+
 if TYPE_CHECKING:
     from agent.config.models import Bus
     from drivers.modbus.link import ModbusLink
@@ -104,26 +112,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _line_arguments(r)
     r.add_argument("--unit", type=int, required=True, help="the device's unit id")
     r.add_argument("--profile", help="a built-in profile: every point of it is read")
-    r.add_argument("--table", choices=("holding", "input", "coil", "discrete"), default="holding")
+    r.add_argument("--table", choices=TABLES, default="holding")
     r.add_argument("--address", type=lambda s: int(s, 0), help="zero-based address (0x2000 ok)")
-    r.add_argument(
-        "--type",
-        default="uint16",
-        choices=(
-            "int16",
-            "uint16",
-            "int32",
-            "uint32",
-            "int64",
-            "uint64",
-            "float32",
-            "float64",
-            "string",
-            "bit",
-            "bool",
-        ),
-    )
-    r.add_argument("--word-order", choices=("ABCD", "DCBA", "BADC", "CDAB"))
+    r.add_argument("--type", default="uint16", choices=DATA_TYPES)
+    r.add_argument("--word-order", choices=WORD_ORDERS)
     r.add_argument("--length", type=int, help="registers of a string")
     r.add_argument("--bit", type=int, help="bit of a bit point (0-15)")
     r.add_argument("--scale", type=float)
@@ -193,7 +185,6 @@ def _quiet_logs() -> None:
 
 
 async def _probe_unit(link: ModbusLink, unit: int, timeout_s: float) -> tuple[bool, str]:
-    from drivers.modbus.codec import exception_reason, reply_length  # noqa: PLC0415
     from drivers.modbus.link import LinkError  # noqa: PLC0415
 
     try:
