@@ -248,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
     pw.set_defaults(func=_hash_password)
 
-    # Installer tools of each driver family (`scan modbus`, `read modbus`); building the parser
-    # imports no protocol library.
-    from drivers.modbus.cli import add_commands as modbus_commands  # noqa: PLC0415
+    # Installer tools of each driver family (`scan modbus`, `read modbus`), found through the
+    # registry; building the parser imports no protocol library.
+    from agent.tools import agent_runner  # noqa: PLC0415
+    from drivers import DRIVERS, load_cli  # noqa: PLC0415
 
-    modbus_commands(sub)
+    for name, spec in DRIVERS.items():
+        if spec.cli is not None:
+            load_cli(name)(sub, agent_runner)
 
     ref = sub.add_parser(
         "reference-platform",

@@ -22,13 +22,18 @@ from agent.driver import CommandError
 __all__ = ["ControlServer", "send_request"]
 
 Executor = Callable[..., Awaitable[Mapping[str, Any]]]
+ToolRunner = Callable[
+    [str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[Mapping[str, Any]]
+]
+"""``(driver, tool, bus, options)``: an installer tool on the agent's own bus."""
 _MAX_REQUEST = 64 * 1024
 
 
 class ControlServer:
-    def __init__(self, path: Path, execute: Executor) -> None:
+    def __init__(self, path: Path, execute: Executor, tools: ToolRunner | None = None) -> None:
         self.path = path
         self._execute = execute
+        self._tools = tools
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -67,6 +72,8 @@ class ControlServer:
             return {"status": "failed", "reason": "bad_request", "error": "request too large"}
         try:
             request = orjson.loads(line)
+            if isinstance(request, dict) and request.get("op") == "tool":
+                return await self._tool(request)
             device, action = request["device"], request["action"]
             args = request.get("args", {})
             if not (isinstance(device, str) and isinstance(action, str) and isinstance(args, dict)):
@@ -85,6 +92,34 @@ class ControlServer:
         except CommandError as exc:
             return {"status": "failed", "id": command_id, "reason": exc.reason, "error": str(exc)}
         return {"status": "ok", "id": command_id, "result": dict(result)}
+
+    async def _tool(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        driver, tool = request.get("driver"), request.get("tool")
+        bus, options = request.get("bus"), request.get("options", {})
+        if not (
+            isinstance(driver, str)
+            and isinstance(tool, str)
+            and isinstance(bus, dict)
+            and isinstance(options, dict)
+        ):
+            return {
+                "status": "failed",
+                "reason": "bad_request",
+                "error": 'expected {"op": "tool", "driver", "tool", "bus": {…}, "options": {…}}',
+            }
+        if self._tools is None:
+            return {"status": "failed", "reason": "unsupported", "error": "no tools here"}
+        try:
+            result = await self._tools(driver, tool, bus, options)
+        except CommandError as exc:
+            return {"status": "failed", "reason": exc.reason, "error": str(exc)}
+        except Exception as exc:
+            return {
+                "status": "failed",
+                "reason": "tool_error",
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        return {"status": "ok", "result": dict(result)}
 
 
 async def send_request(path: Path, request: Mapping[str, Any], *, timeout_s: float = 30) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sqlite3
@@ -19,25 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.availability import Availability
+from agent.bus import Priority, priority
 from agent.clock import Clock
-from agent.config.models import AgentConfig, DeviceConfig
+from agent.config.models import AgentConfig, Bus
 from agent.control import ControlServer
-from agent.driver import (
-    CommandError,
-    CommandHandler,
-    DeviceError,
-    DriverContext,
-    Health,
-    PolledDriver,
-    StreamingDriver,
-)
+from agent.devices import DeviceEntry, Devices
+from agent.driver import CommandError, CommandHandler, DeviceError, GatewayIdentity
+from agent.ingest import IngestQueue
 from agent.logs import get_logger
-from agent.records import Event, Record, Severity, Status, StatusState
-from agent.scheduler import BusLane, DriverCrashedError, PolledDevice
+from agent.records import Event, Record, Severity
 from agent.state import AgentState, DeviceState
 from agent.systemd import Notifier, watchdog_loop
 from buffer import AsyncBuffer
-from drivers import driver_class
+from drivers import DRIVERS
 
 __all__ = ["Runtime"]
 
@@ -46,16 +42,6 @@ BUFFER_CHECK_ANNOUNCE_BYTES = 64 * 2**20
 """A buffer file this large gets systemd's start timeout extended while it is checked."""
 BUFFER_CHECK_BYTES_PER_S = 2 * 2**20
 """A pessimistic read rate of a worn SD card, for that extension."""
-
-
-class _Device:
-    """One running device: its driver, its poller (if polled) and its supervising task."""
-
-    def __init__(self, config: DeviceConfig, driver: Any, poller: PolledDevice | None) -> None:
-        self.config = config
-        self.driver = driver
-        self.poller = poller
-        self.task: asyncio.Task[None] | None = None
 
 
 class Runtime:
@@ -81,11 +67,29 @@ class Runtime:
         self.state = AgentState(gateway_id=config.gateway.id, version=__version__)
         self.state.clock_synced = self.clock.synced
         self.buffer: AsyncBuffer | None = None
-        self.devices: dict[str, _Device] = {}
-        self.lanes: dict[str, BusLane] = {}
-        self._shared: dict[str, Any] = {}
-        self._shared_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.ingest = IngestQueue(
+            self.sink,
+            source=config.gateway.id,
+            stamp=self.clock.stamp,
+            log=self.log.bind(task="ingest"),
+        )
+        """The push path of streaming drivers and bus events (never blocks its caller)."""
+        self.availability = Availability(
+            self.state, push=self.ingest.push, stamp=self.clock.stamp, log=self.log
+        )
+        self._devices = Devices(
+            gateway=GatewayIdentity(config.gateway.id, config.gateway.community.code),
+            state=self.state,
+            availability=self.availability,
+            sink=self.sink,
+            push=self.ingest.push,
+            stamp=self.clock.stamp,
+            log=self.log,
+            supervise=self._supervise,
+            spawn=self._spawn,
+            inventory_changed=self._inventory_changed,
+        )
         self._stop = asyncio.Event()
         self.uplink: Any = None
         self.control: ControlServer | None = None
@@ -169,8 +173,7 @@ class Runtime:
         self,
         name: str,
         body: Callable[[], Awaitable[None]],
-        *,
-        device: DeviceState | None = None,
+        devices: Sequence[DeviceState] = (),
     ) -> None:
         """Run ``body`` until it returns; restart it with backoff whenever it raises."""
         restarts = 0
@@ -182,25 +185,17 @@ class Runtime:
             except Exception as exc:
                 restarts += 1
                 self.state.task_restarts += 1
-                if device is not None:
+                # Not being read is offline for the platform, whatever the cause; the next good
+                # read (or record) reports the device online again.
+                offline = []
+                for device in devices:
                     device.restarts += 1
-                    device.last_error = f"driver_error: {exc}"
                     device.errors["driver_error"] += 1
-                    if device.set_health(Health.DOWN):
-                        # Not being read is offline for the platform, whatever the cause; the
-                        # next good read reports it online again.
-                        ts, synced = self.clock.stamp()
-                        await self.sink(
-                            [
-                                Status(
-                                    device=device.id,
-                                    ts=ts,
-                                    ts_synced=synced,
-                                    state=StatusState.OFFLINE,
-                                    reason="driver_error",
-                                )
-                            ]
-                        )
+                    status = self.availability.down(device.id, "driver_error", str(exc))
+                    if status is not None:
+                        offline.append(status)
+                if offline:
+                    await self.sink(offline)
                 delay = min(2.0 ** min(restarts - 1, 10), _RESTART_BACKOFF_MAX_S)
                 delay *= random.uniform(0.8, 1.2)
                 self.log.error(
@@ -226,134 +221,35 @@ class Runtime:
 
     # ---------------------------------------------------------------- devices
 
-    async def _shared_resource(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        async with self._shared_lock:
-            if key not in self._shared:
-                self._shared[key] = await factory()
-            return self._shared[key]
+    @property
+    def devices(self) -> dict[str, DeviceEntry]:
+        """The running devices by id."""
+        return self._devices.entries
 
-    def _lane(self, device: DeviceConfig) -> BusLane:
-        if device.bus is None:
-            # A device without a bus (simulated, BLE) only serialises with itself.
-            key = f"device:{device.id}"
-            if key not in self.lanes:
-                self.lanes[key] = BusLane(key)
-            return self.lanes[key]
-        key = f"bus:{device.bus}"
-        if key not in self.lanes:
-            bus = self.config.bus(device.bus)
-            assert bus is not None, "validated config names only declared buses"
-            gap_s = (
-                bus.serial.inter_frame_ms / 1000
-                if bus.serial is not None and bus.serial.inter_frame_ms is not None
-                else 0.0
-            )
-            self.lanes[key] = BusLane(key, max_in_flight=bus.max_in_flight, gap_s=gap_s)
-        return self.lanes[key]
+    def bus_figures(self) -> list[dict[str, Any]]:
+        """Every bus in use: state, cause, busy time, counters (the page, /api, /metrics)."""
+        return [handle.figures() for _, handle in sorted(self._devices.buses.items())]
 
-    def _make_driver(self, device: DeviceConfig) -> Any:
-        cls = driver_class(device.driver)
-        ctx = DriverContext(
-            device=device,
-            bus=self.config.bus(device.bus) if device.bus else None,
-            config=self.config,
-            sink=self.sink,
-            stamp=self.clock.stamp,
-            log=self.log.bind(device=device.id, driver=device.driver),
-            shared=self._shared_resource,
-        )
-        return cls(device, ctx)
+    def busy_figures(self) -> dict[str, float]:
+        return self._devices.busy_figures()
 
-    def _start_device(self, device: DeviceConfig) -> None:
-        state = self.state.devices.setdefault(
-            device.id, DeviceState(id=device.id, driver=device.driver)
-        )
-        name = f"driver[{device.driver}:{device.id}]"
-        try:
-            driver = self._make_driver(device)
-        except ImportError as exc:
-            # A gateway installed without this driver's extra: the other devices go on, and the
-            # page and the platform say exactly what is missing.
-            state.set_health(Health.DOWN)
-            state.last_error = f"driver_unavailable: {exc}"
-            self.log.error("device.driver_unavailable", device=device.id, error=str(exc))
-            self._spawn(
-                f"event[{device.id}]",
-                self.event(
-                    "agent.driver_unavailable", Severity.ALARM, device=device.id, error=str(exc)
-                ),
-            )
-            return
-        entry = _Device(device, driver, None)
-        self.devices[device.id] = entry
-
-        if isinstance(driver, PolledDriver):
-
-            async def body() -> None:
-                poller = PolledDevice(
-                    device,
-                    entry.driver,
-                    lane=self._lane(device),
-                    state=state,
-                    emit=self.sink,
-                    stamp=self.clock.stamp,
-                    log=self.log,
-                )
-                entry.poller = poller
-                try:
-                    await poller.run()
-                except DriverCrashedError:
-                    # A fresh driver instance after a crash: state inside the old one is suspect.
-                    await poller.stop()
-                    entry.driver = self._make_driver(device)
-                    raise
-
-        elif isinstance(driver, StreamingDriver):
-
-            async def body() -> None:
-                try:
-                    await entry.driver.run()
-                finally:
-                    with contextlib.suppress(Exception):
-                        await entry.driver.stop()
-
-        else:
-            msg = f"driver {device.driver!r} is neither polled nor streaming"
-            raise TypeError(msg)
-
-        entry.task = self._spawn(name, self._supervise(name, body, device=state))
-
-    async def _stop_device(self, device_id: str, *, timeout_s: float = 5.0) -> None:
-        entry = self.devices.pop(device_id, None)
-        if entry is None:
-            return
-        if entry.poller is not None:
-            entry.poller.request_stop()
-        if entry.task is not None:
-            # Let an in-flight read finish and hand its records over; then cancel.
-            done, _ = await asyncio.wait({entry.task}, timeout=timeout_s)
-            if not done:
-                entry.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await entry.task
-        if entry.poller is not None:
-            await entry.poller.stop()
-        else:
-            with contextlib.suppress(Exception):
-                await entry.driver.stop()
+    def _inventory_changed(self) -> None:
+        if self.uplink is not None:
+            self.uplink.inventory_changed()
 
     async def read_device(self, device_id: str) -> Sequence[Record]:
-        """A technician's one-off read, through the bus lane so the schedule is not disturbed."""
+        """A technician's one-off read, ahead of bulk polls on its bus."""
         entry = self.devices.get(device_id)
         if entry is None or entry.poller is None:
             raise DeviceError("not_polled", f"{device_id!r} is not a polled device")
-        return await entry.poller.read_once()
+        with priority(Priority.TEST_READ):
+            return await entry.poller.read_once()
 
     # ---------------------------------------------------------------- commands
 
     def _command_target(
         self, device: str, action: str, args: Mapping[str, Any]
-    ) -> tuple[_Device, CommandHandler, Mapping[str, Any]]:
+    ) -> tuple[DeviceEntry, CommandHandler, Mapping[str, Any]]:
         entry = self.devices.get(device)
         if entry is None:
             raise CommandError("unknown_device", f"no device {device!r} on this gateway")
@@ -387,11 +283,17 @@ class Runtime:
         }
         try:
             entry, driver, clean = self._command_target(device, action, args)
-            if entry.poller is not None:
-                async with entry.poller.lane.hold():
+            if DRIVERS[entry.config.driver].scope == "bus":
+                clean = {**clean, "device": device}  # which of its devices (a reserved key)
+            # A command waits for at most the transaction in flight on its bus, and its frames
+            # (a write, its read-back) go out together.
+            with priority(Priority.COMMAND):
+                bus = entry.unit.bus
+                if bus is None:
                     result = await driver.execute(action, clean)
-            else:
-                result = await driver.execute(action, clean)
+                else:
+                    async with bus.hold():
+                        result = await driver.execute(action, clean)
         except CommandError as exc:
             self.log.warning("command.refused", **audit, reason=exc.reason, error=str(exc))
             await self.event(
@@ -418,10 +320,77 @@ class Runtime:
         await self.event("agent.command", Severity.INFO, **audit, status="ok", result=dict(result))
         return result
 
+    # ---------------------------------------------------------------- installer tools
+
+    async def run_tool(
+        self, driver: str, tool: str, bus: Mapping[str, Any], options: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Run a driver's bus tool (``scan``, ``read``) on the agent's own bus, at test-read
+        priority, for an installer whose port the agent holds. ``bus`` is the line the tool was
+        pointed at: ``{"serial": {"port", "baud", ...}}`` or ``{"tcp": {"host", "port", ...}}``.
+        Raises ``CommandError('not_my_bus')`` when the agent does not use it (the tool then opens
+        the port itself) and ``'settings_differ'`` when it runs that line differently."""
+        from drivers import bus_tool  # noqa: PLC0415
+
+        if driver not in DRIVERS:
+            raise CommandError("unknown_driver", f"no driver {driver!r}")
+        own = self._own_bus(bus)
+        try:
+            run = bus_tool(driver, tool)
+        except (KeyError, ImportError) as exc:
+            raise CommandError("unknown_tool", str(exc)) from None
+        handle = self._devices.bus(own)
+        self.log.info("tool.run", driver=driver, tool=tool, bus=own.id)
+        with priority(Priority.TEST_READ):
+            return await run(handle, options)
+
+    def _own_bus(self, wanted: Mapping[str, Any]) -> Bus:
+        serial, tcp = wanted.get("serial"), wanted.get("tcp")
+        for bus in self.config.buses:
+            if bus.serial is not None and isinstance(serial, Mapping):
+                if os.path.realpath(bus.serial.port) != os.path.realpath(str(serial.get("port"))):
+                    continue
+                theirs = {k: serial[k] for k in ("baud", "parity", "stop_bits") if k in serial}
+                ours = {k: getattr(bus.serial, k) for k in theirs}
+                if theirs != ours:
+                    raise CommandError(
+                        "settings_differ",
+                        f"the agent runs {bus.serial.port} (bus {bus.id!r}) with {ours}, "
+                        f"not {theirs}: use the agent's settings, or change the config",
+                    )
+                return bus
+            if (
+                bus.tcp is not None
+                and isinstance(tcp, Mapping)
+                and (bus.tcp.host, bus.tcp.port) == (tcp.get("host"), tcp.get("port"))
+            ):
+                return bus
+        raise CommandError("not_my_bus", "the agent does not use that bus")
+
     # ---------------------------------------------------------------- inventory
 
     def inventory(self) -> dict[str, Any]:
         gw = self.config.gateway
+        reported = self._devices.reported()
+        devices: list[dict[str, Any]] = []
+        for d in self.config.devices:
+            if not d.enabled:
+                continue
+            entry: dict[str, Any] = {
+                "id": d.id,
+                "code": d.code,
+                "driver": d.driver,
+                "kind": d.kind.value,
+                "name": d.name,
+                "manufacturer": d.manufacturer,
+                "model": d.model,
+                "firmware": d.firmware,
+                "bus": d.bus,
+                "location": d.location.model_dump() if d.location else None,
+            }
+            if d.id in reported:
+                entry["reported"] = dict(reported[d.id])
+            devices.append(entry)
         return {
             "gateway": {
                 "id": gw.id,
@@ -431,22 +400,7 @@ class Runtime:
                 "timezone": gw.timezone,
                 "agent_version": __version__,
             },
-            "devices": [
-                {
-                    "id": d.id,
-                    "code": d.code,
-                    "driver": d.driver,
-                    "kind": d.kind.value,
-                    "name": d.name,
-                    "manufacturer": d.manufacturer,
-                    "model": d.model,
-                    "firmware": d.firmware,
-                    "bus": d.bus,
-                    "location": d.location.model_dump() if d.location else None,
-                }
-                for d in self.config.devices
-                if d.enabled
-            ],
+            "devices": devices,
         }
 
     # ---------------------------------------------------------------- lifecycle
@@ -551,36 +505,20 @@ class Runtime:
         ):
             restart_needed.append("web")
         self.config = new
-        old_devices = {d.id: d for d in old.devices if d.enabled}
-        new_devices = {d.id: d for d in new.devices if d.enabled}
-        changed_buses = {b.id for b in new.buses if old.bus(b.id) != b}
-        for lane in [k for k in self.lanes if k.removeprefix("bus:") in changed_buses]:
-            del self.lanes[lane]
-        stopped = [
-            i
-            for i, d in old_devices.items()
-            if new_devices.get(i) != d or (d.bus is not None and d.bus in changed_buses)
-        ]
-        for device_id in stopped:
-            await self._stop_device(device_id)
-        for device_id in [i for i in old_devices if i not in new_devices]:
-            self.state.devices.pop(device_id, None)
-        started = [i for i in new_devices if i not in self.devices]
-        for device_id in started:
-            self._start_device(new_devices[device_id])
+        changes = await self._devices.reload(old, new)
         if old.uplink != new.uplink or (self.uplink is None and new.uplink.http is not None):
             await self._stop_uplink()
             await self._start_uplink()
         self.log.info(
             "config.reloaded",
-            devices_restarted=sorted(set(stopped) & set(started)),
-            devices_added=sorted(set(started) - set(stopped)),
-            devices_removed=sorted(set(stopped) - set(started)),
+            devices_restarted=changes["restarted"],
+            devices_added=changes["added"],
+            devices_removed=changes["removed"],
             restart_needed_for=restart_needed or None,
         )
         await self.event(
             "agent.config_reloaded",
-            devices=len(new_devices),
+            devices=len([d for d in new.devices if d.enabled]),
             restart_needed_for=restart_needed,
         )
         return True
@@ -647,11 +585,11 @@ class Runtime:
         if not self.clock.synced:
             self.log.warning("clock.unsynced", hint="records are marked ts_synced=false until NTP")
             self._spawn("clock-watch", self.clock.watch(self._clock_synced))
+        self._spawn("ingest", self._supervise("ingest", self.ingest.run))
+        self._spawn("stale-watch", self._supervise("stale-watch", self.availability.watch_stale))
         await self._start_uplink()
-        for device in cfg.devices:
-            if device.enabled:
-                self._start_device(device)
-        self.control = ControlServer(self.control_path(cfg), self.execute_command)
+        self._devices.start(cfg, cfg.devices)
+        self.control = ControlServer(self.control_path(cfg), self.execute_command, self.run_tool)
         try:
             await self.control.start()
         except OSError as exc:
@@ -675,19 +613,15 @@ class Runtime:
         if self.web is not None:
             await self.web.close()
             self.web = None
-        await asyncio.gather(*(self._stop_device(i) for i in list(self.devices)))
+        await self._devices.stop()
         await self._stop_uplink()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for resource in self._shared.values():
-            closer = getattr(resource, "aclose", None) or getattr(resource, "close", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    result = closer()
-                    if asyncio.iscoroutine(result):
-                        await result
         if self.buffer is not None:
+            # What push drivers queued was accepted from them: it reaches the buffer too.
+            with contextlib.suppress(Exception):
+                await self.ingest.flush()
             with contextlib.suppress(Exception):
                 await self.event("agent.stopped")
             await self.buffer.close()

@@ -1,10 +1,16 @@
-"""The core owns time (DESIGN.md section 2): when each device is polled, and who holds a bus.
+"""The core owns time (DESIGN.md section 2): when each device is polled.
 
-Every device on a bus shares one :class:`BusLane`; a serial line allows one request at a time,
-a TCP host as many as configured. A poll's due times follow a fixed grid (``due += interval``)
-so that a delayed poll does not shift the ones after it. A device that keeps failing is reported
-offline once and then probed at an exponentially slower rate, so one dead meter costs its bus a
-timeout now and then instead of on every cycle.
+A poll's due times follow a fixed grid (``due += interval``) so that a delayed poll does not
+shift the ones after it. A device that keeps failing is reported offline once and then probed at
+an exponentially slower rate, so one dead meter costs its bus a timeout now and then instead of
+on every cycle. A poll is a session on its bus (:mod:`agent.bus`): the device's requests go out
+back to back, and a command or a technician's test read still waits for at most the one
+transaction in flight. A failing device's polls are probes, at the lowest priority: they never
+hold up a healthy device's poll for longer than one transaction.
+
+A read that fails because its bus failed (:class:`agent.driver.BusError`) is not the device's
+fault: the device becomes ``unknown``, with the bus as the cause, and no offline status is sent
+for it.
 """
 
 from __future__ import annotations
@@ -13,19 +19,21 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from agent.driver import DeviceError, Health, PolledDriver
-from agent.records import Record, Status, StatusState
+from agent.bus import BusHandle, Priority, priority, waiting_time
+from agent.driver import BusError, DeviceError, PolledDriver
+from agent.records import Record
 
 if TYPE_CHECKING:
     import structlog
 
-    from agent.config.models import DeviceConfig
+    from agent.availability import Availability
+    from agent.config.models import PolledDeviceConfig
     from agent.state import DeviceState
 
-__all__ = ["BusLane", "DriverCrashedError", "PolledDevice"]
+__all__ = ["DriverCrashedError", "PolledDevice", "ReadBudget"]
 
 Emit = Callable[[Sequence[Record]], Awaitable[None]]
 
@@ -34,26 +42,13 @@ class DriverCrashedError(Exception):
     """A driver raised something other than DeviceError: a bug. The supervisor restarts it."""
 
 
-class BusLane:
-    """Serialises access to one bus; ``gap_s`` of silence is kept after every request."""
+@runtime_checkable
+class ReadBudget(Protocol):
+    """A polled driver that knows how long one read may take at worst (its plan's requests,
+    timeouts and retries), not counting waits for a turn on the bus."""
 
-    def __init__(self, name: str, *, max_in_flight: int = 1, gap_s: float = 0.0) -> None:
-        self.name = name
-        self.gap_s = gap_s
-        self._sem = asyncio.Semaphore(max_in_flight)
-        self.busy_s = 0.0
-        """Total time the lane was held: divided by wall time, the bus's utilisation."""
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        async with self._sem:
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                if self.gap_s:
-                    await asyncio.sleep(self.gap_s)
-                self.busy_s += time.monotonic() - started
+    @property
+    def read_budget_s(self) -> float: ...
 
 
 class PolledDevice:
@@ -61,22 +56,22 @@ class PolledDevice:
 
     def __init__(
         self,
-        device: DeviceConfig,
+        device: PolledDeviceConfig,
         driver: PolledDriver,
         *,
-        lane: BusLane,
         state: DeviceState,
+        bus: BusHandle | None,
+        availability: Availability,
         emit: Emit,
-        stamp: Callable[[], tuple[int, bool]],
         log: structlog.typing.FilteringBoundLogger,
         start_jitter_s: float | None = None,
     ) -> None:
         self.device = device
         self.driver = driver
-        self.lane = lane
         self.state = state
+        self.bus = bus
+        self._availability = availability
         self._emit = emit
-        self._stamp = stamp
         self._log = log
         self._started = False
         # Spread first polls so a reboot does not fire every device at the same instant.
@@ -84,12 +79,17 @@ class PolledDevice:
         self._first_delay = random.uniform(0, jitter)
         self.stopping = False
         self._wake = asyncio.Event()
+        self.busy_s = 0.0
+        """Time spent in reads: for a device without a bus, its share of the gateway."""
 
     @property
-    def _guard_s(self) -> float:
-        # The driver enforces the device's own timeout; this guard only catches a driver that
-        # hangs despite it, so it is generous.
-        return self.device.timeout_s * 4 + 2
+    def guard_s(self) -> float:
+        """How long a read may run, waits for bus turns not counted. The driver bounds each of
+        its requests; this only catches a driver that hangs despite that, so it is generous."""
+        guard = self.device.timeout_s * 4 + 2
+        if isinstance(self.driver, ReadBudget):
+            guard = max(guard, self.driver.read_budget_s * 2 + 10)
+        return guard
 
     def _backoff_s(self) -> float:
         over = self.state.consecutive_failures - self.device.offline_after
@@ -103,22 +103,50 @@ class PolledDevice:
             await self.driver.start()
             self._started = True
 
+    async def _guarded_read(self) -> Sequence[Record]:
+        guard = self.guard_s
+        with waiting_time() as waited:
+            read = asyncio.ensure_future(self._session())
+        started = time.monotonic()
+        try:
+            while True:
+                left = guard - (time.monotonic() - started - waited[0])
+                if left <= 0:
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await read
+                    raise TimeoutError
+                done, _ = await asyncio.wait({read}, timeout=left)
+                if done:
+                    return read.result()
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+
+    async def _session(self) -> Sequence[Record]:
+        if self.bus is None:
+            return await self.driver.read()
+        async with self.bus.hold():
+            return await self.driver.read()
+
     async def read_once(self) -> Sequence[Record]:
-        """One read through the bus lane (used by polls and by a technician's test read)."""
-        async with self.lane.hold():
-            try:
-                await self._ensure_started()
-                return await asyncio.wait_for(self.driver.read(), self._guard_s)
-            except DeviceError:
-                raise
-            except TimeoutError:
-                raise DeviceError("timeout", "the driver did not answer within its guard") from None
-            except OSError as exc:
-                raise DeviceError("io_error", str(exc) or type(exc).__name__) from exc
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise DriverCrashedError(f"{type(exc).__name__}: {exc}") from exc
+        """One read (used by polls and by a technician's test read)."""
+        started = time.monotonic()
+        try:
+            await self._ensure_started()
+            return await self._guarded_read()
+        except DeviceError:
+            raise
+        except TimeoutError:
+            raise DeviceError("timeout", "the driver did not answer within its guard") from None
+        except OSError as exc:
+            raise DeviceError("io_error", str(exc) or type(exc).__name__) from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise DriverCrashedError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.busy_s += time.monotonic() - started
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,8 +159,10 @@ class PolledDevice:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, due - loop.time()))
             if self.stopping:
                 break
+            level = Priority.PROBE if self.state.consecutive_failures else Priority.POLL
             try:
-                records = await self.read_once()
+                with priority(level):
+                    records = await self.read_once()
             except DeviceError as exc:
                 await self._failed(exc)
                 due = loop.time() + self._backoff_s()
@@ -157,44 +187,29 @@ class PolledDevice:
                 await self.driver.stop()
 
     async def _succeeded(self, records: Sequence[Record]) -> None:
-        st = self.state
-        st.reads += 1
-        st.consecutive_failures = 0
-        ts, synced = self._stamp()
-        st.last_success_ms = ts
+        self.state.reads += 1
         out = list(records)
-        if st.set_health(Health.OK):
-            self._log.info("device.up", device=self.device.id)
-            out.append(
-                Status(device=self.device.id, ts=ts, ts_synced=synced, state=StatusState.ONLINE)
-            )
+        status = self._availability.succeeded(self.device.id)
+        if status is not None:
+            out.append(status)
         if out:
             await self._emit(out)
 
     async def _failed(self, exc: DeviceError) -> None:
         st = self.state
         st.failures += 1
-        st.consecutive_failures += 1
         st.errors[exc.reason] += 1
-        ts, synced = self._stamp()
+        ts = int(time.time() * 1000)
         st.last_error = f"{exc.reason}: {exc}" if str(exc) != exc.reason else exc.reason
         st.last_error_ms = ts
+        if isinstance(exc, BusError) and self.device.bus is not None:
+            # The bus failed, not the device: unknown, and no failure counted against it.
+            self._availability.unknown(self.device.id, self.device.bus, exc.reason, str(exc))
+            return
+        st.consecutive_failures += 1
         if st.consecutive_failures >= self.device.offline_after:
-            if st.set_health(Health.DOWN):
-                self._log.warning(
-                    "device.down",
-                    device=self.device.id,
-                    reason=exc.reason,
-                    error=str(exc),
-                    failures=st.consecutive_failures,
-                )
-                status = Status(
-                    device=self.device.id,
-                    ts=ts,
-                    ts_synced=synced,
-                    state=StatusState.OFFLINE,
-                    reason=exc.reason,
-                )
+            status = self._availability.down(self.device.id, exc.reason)
+            if status is not None:
                 await self._emit([status])
-        elif st.health is not Health.DOWN and st.set_health(Health.DEGRADED):
-            self._log.info("device.degraded", device=self.device.id, reason=exc.reason)
+        else:
+            self._availability.degraded(self.device.id, exc.reason)

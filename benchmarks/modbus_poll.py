@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config.models import AgentConfig  # noqa: E402
-from agent.driver import DriverContext  # noqa: E402
+from agent.driver.testing import Standalone  # noqa: E402
 from agent.logs import configure_logging, get_logger  # noqa: E402
-from agent.records import Reading, now_ms  # noqa: E402
+from agent.records import Reading  # noqa: E402
 from drivers.modbus.codec import encode  # noqa: E402
 from drivers.modbus.config import ModbusDevice  # noqa: E402
 from drivers.modbus.driver import ModbusDriver  # noqa: E402
@@ -134,17 +134,7 @@ async def poll(port: int, devices: int, count: int, cycles: int) -> dict[str, fl
             "buses": [{"id": "tcp", "tcp": {"host": "127.0.0.1", "port": port}}],
         }
     )
-    bus = config.buses[0]
-    shared: dict[str, Any] = {}
-
-    async def sink(records: Any) -> None:
-        del records
-
-    async def share(key: str, factory: Any) -> Any:
-        if key not in shared:
-            shared[key] = await factory()
-        return shared[key]
-
+    bench = Standalone(config.buses, gateway_id=config.gateway.id)
     drivers = []
     for unit in range(1, devices + 1):
         device = ModbusDevice.model_validate(
@@ -156,16 +146,7 @@ async def poll(port: int, devices: int, count: int, cycles: int) -> dict[str, fl
                 "points": points(count),
             }
         )
-        ctx = DriverContext(
-            device=device,
-            bus=bus,
-            config=config,
-            sink=sink,
-            stamp=lambda: (now_ms(), True),
-            log=get_logger(),
-            shared=share,
-        )
-        drivers.append(ModbusDriver(device, ctx))
+        drivers.append(ModbusDriver(device, bench.context(device, log=get_logger())))
     for driver in drivers:  # warm up: connect, first reads
         await driver.read()
     read_points = 0
@@ -177,8 +158,7 @@ async def poll(port: int, devices: int, count: int, cycles: int) -> dict[str, fl
             read_points += sum(1 for r in records if isinstance(r, Reading) and r.value is not None)
     cpu = time.process_time() - cpu
     wall = time.perf_counter() - wall
-    for link in shared.values():
-        await link.aclose()
+    await bench.aclose()
     return {
         "points": read_points,
         "requests_per_read": len(drivers[0].plan),

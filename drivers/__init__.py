@@ -2,19 +2,25 @@
 
 Config models (``drivers/<name>/config.py``) import only pydantic and :mod:`agent.config`, so
 validating a config never pulls in a protocol library; the driver module is imported only when a
-device of that driver runs.
+device of that driver runs. See ``drivers/README.md`` for what a driver is and how to add one.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from agent.config.models import DeviceConfig
+    import argparse
 
-__all__ = ["DRIVERS", "DriverSpec", "config_model", "driver_class"]
+    from agent.config.models import DeviceConfig
+    from agent.driver import BusTool
+
+__all__ = ["DRIVERS", "DriverSpec", "bus_tool", "config_model", "driver_class", "load_cli"]
+
+Scope = Literal["device", "bus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,15 @@ class DriverSpec:
     """``module:Class`` of the driver."""
     extra: str | None = None
     """The pip extra that installs its protocol library (``community-edge-agent[modbus]``)."""
+    scope: Scope = "device"
+    """``device``: one driver instance per device. ``bus``: one per bus (or per driver for the
+    devices without a bus), given all of them: a BLE scanner, an OSDP control panel."""
+    cli: str | None = None
+    """``module:function`` adding the family's installer commands (``scan modbus``) to the
+    ``edge-agent`` parser; it must import no protocol library."""
+    tools: tuple[tuple[str, str], ...] = ()
+    """``(name, module:function)`` of its :class:`agent.driver.BusTool` s: ``scan`` (discovery),
+    ``read``. The control socket runs them on the agent's own bus."""
 
 
 DRIVERS: dict[str, DriverSpec] = {
@@ -36,6 +51,8 @@ DRIVERS: dict[str, DriverSpec] = {
             "drivers.modbus.config:ModbusDevice",
             "drivers.modbus.driver:ModbusDriver",
             extra="modbus",
+            cli="drivers.modbus.cli:add_commands",
+            tools=(("scan", "drivers.modbus.tools:scan"), ("read", "drivers.modbus.tools:read")),
         ),
         DriverSpec(
             "simulated",
@@ -63,3 +80,31 @@ def driver_class(name: str) -> type[Any]:
     except ImportError as exc:
         hint = f" (install community-edge-agent[{spec.extra}])" if spec.extra else ""
         raise ImportError(f"driver {name!r} cannot be loaded: {exc}{hint}") from exc
+
+
+AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", Any], None]
+"""``add_commands(subparsers, runner)``: a driver family's installer commands."""
+
+
+def load_cli(name: str) -> AddCommands:
+    """The function that adds driver ``name``'s commands to the ``edge-agent`` parser."""
+    ref = DRIVERS[name].cli
+    if ref is None:
+        raise KeyError(f"driver {name!r} has no command-line tools")
+    add: AddCommands = _load(ref)
+    return add
+
+
+def bus_tool(name: str, tool: str) -> BusTool:
+    """Driver ``name``'s bus tool ``tool`` (``scan``, ``read``); KeyError if it has none."""
+    refs = dict(DRIVERS[name].tools)
+    if tool not in refs:
+        known = ", ".join(refs) or "none"
+        raise KeyError(f"driver {name!r} has no {tool!r} tool (it has: {known})")
+    spec = DRIVERS[name]
+    try:
+        found: BusTool = _load(refs[tool])
+    except ImportError as exc:
+        hint = f" (install community-edge-agent[{spec.extra}])" if spec.extra else ""
+        raise ImportError(f"driver {name!r} cannot be loaded: {exc}{hint}") from exc
+    return found

@@ -29,6 +29,7 @@ from agent.config import (
     resolved_code,
 )
 from agent.config.errors import format_path
+from agent.config.models import PolledDeviceConfig
 from drivers.simulated.config import SimulatedDevice
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,13 +296,13 @@ def test_simulated_device_may_sit_on_any_bus(tmp_path: Path) -> None:
 # --- drivers with buses and commands (registered for the test) -----------------------------------
 
 
-class SerialMeter(DeviceConfig):
+class SerialMeter(PolledDeviceConfig):
     driver: Literal["fakeserial"]
     bus_kinds: ClassVar[frozenset[str]] = frozenset({"serial"})
     known_commands: ClassVar[frozenset[str]] = frozenset({"relay.open"})
 
 
-class NoBusThing(DeviceConfig):
+class NoBusThing(PolledDeviceConfig):
     driver: Literal["fakenobus"]
 
 
@@ -461,3 +462,46 @@ def test_simulated_device_model_on_its_own() -> None:
     assert SimulatedDevice.known_commands == {"output.set", "simulate.fault"}
     point = device.points[0]
     assert (point.start, point.step, point.amplitude, point.period_s) == (0, 1, 1, 60)
+
+
+# --- devices sharing a bus ------------------------------------------------------------------------
+
+
+def test_two_devices_at_one_address_on_a_bus_are_refused_with_both_lines(tmp_path: Path) -> None:
+    meter = "{{id: {id}, driver: modbus, bus: {bus}, unit: {unit}, profile: chint-ddsu666}}"
+    text = (
+        GATEWAY
+        + "buses:\n"
+        + "  - {id: line, serial: {port: /dev/ttyS0}}\n"
+        + "  - {id: other, serial: {port: /dev/ttyS1}}\n"
+        + "devices:\n"
+        + f"  - {meter.format(id='m1', bus='line', unit=1)}\n"
+        + f"  - {meter.format(id='m2', bus='line', unit=2)}\n"
+        + f"  - {meter.format(id='m3', bus='other', unit=1)}\n"
+        + f"  - {meter.format(id='m4', bus='line', unit=1)}\n"
+    )
+    main = write(tmp_path, text)
+    assert errors_of(main) == [
+        (
+            f"{main}:11:47: devices[3].unit: unit 1 is already used on bus 'line' by "
+            f"devices[0] ('m1') at {main}:8: two devices cannot answer to one address"
+        ),
+    ]
+
+
+def test_a_protocol_the_line_settings_do_not_suit_is_refused_with_the_line(tmp_path: Path) -> None:
+    text = (
+        GATEWAY
+        + "buses:\n"
+        + "  - {id: line, serial: {port: /dev/ttyS0, data_bits: 7, parity: even}}\n"
+        + "devices:\n"
+        + "  - {id: m1, driver: modbus, bus: line, unit: 1, profile: chint-ddsu666}\n"
+    )
+    main = write(tmp_path, text)
+    assert errors_of(main) == [
+        (
+            f"{main}:7:35: devices[0].bus: bus 'line' (buses[0].serial at {main}:5) does not "
+            "suit driver 'modbus': Modbus RTU needs 8 data bits (7 is Modbus ASCII, which is "
+            "not supported)"
+        ),
+    ]

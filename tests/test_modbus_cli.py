@@ -154,3 +154,51 @@ def test_read_prints_typed_values(tmp_path: Path, capsys: pytest.CaptureFixture[
         code = run(["read", "modbus", *where, "--unit", "2", "--address", "0", "--timeout", "0.2"])
         assert code == 1
         assert "unit 2: timeout" in capsys.readouterr().err
+
+
+def test_scan_goes_through_the_agent_that_runs_on_the_port(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from agent_proc import ROOT, AgentProcess, write_config
+
+    with PtyPair(tmp_path) as pty, NodeLine(tmp_path, line(), serial_path=pty.peer):
+        device = {
+            "id": "m1",
+            "driver": "modbus",
+            "bus": "line",
+            "unit": 1,
+            "profile": "chint-ddsu666",
+            "interval_s": 0.2,
+        }
+        config = write_config(
+            tmp_path, [device], buses=[{"id": "line", "serial": {"port": str(pty.agent)}}]
+        )
+        agent = AgentProcess(config)
+        try:
+            agent.wait_event("device.up")
+            scan = subprocess.run(
+                [
+                    *(sys.executable, "-m", "agent.cli", "scan", "modbus"),
+                    *("--port", str(pty.agent), "--units", "1-4", "--timeout", "0.1"),
+                    *("--config", str(config)),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            # The agent ran the scan on its own line, between its polls, and kept polling.
+            tool = agent.wait_event("tool.run")
+            reads_after = len(agent.events("device.up"))
+        finally:
+            assert agent.stop() == 0
+    assert scan.returncode == 0, scan.stderr
+    assert "through the running agent" in scan.stderr
+    assert "unit 1: answers" in scan.stdout
+    assert "unit 3: answers" in scan.stdout
+    assert "looks like profile chint-ddsu666" in scan.stdout
+    assert (tool["driver"], tool["tool"], tool["bus"]) == ("modbus", "scan", "line")
+    assert reads_after == 1  # never went down during the scan
+    assert not agent.events("bus.link_down")

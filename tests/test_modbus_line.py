@@ -182,8 +182,8 @@ async def test_a_vanished_serial_adapter_is_reopened_by_itself(tmp_path: Path) -
         peer.start()
         assert values(await read_until_ok(m1))["voltage"] == 230.0
         assert values(await read_until_ok(m2))["voltage"] == 231.0
-        downs = harness.events("modbus.link_down")
-        ups = harness.events("modbus.link_up")
+        downs = harness.events("bus.link_down")
+        ups = harness.events("bus.link_up")
         # One event per transition for the bus, not one per device or per failed read.
         assert len(downs) == 1
         assert len(ups) == 1
@@ -212,8 +212,8 @@ async def test_a_dropped_tcp_link_is_reconnected(tmp_path: Path) -> None:
         assert failed.value.reason == "io_error"
         peer.start()
         assert values(await read_until_ok(m1))["voltage"] == 229.0
-        assert len(harness.events("modbus.link_down")) == 1
-        assert len(harness.events("modbus.link_up")) == 1
+        assert len(harness.events("bus.link_down")) == 1
+        assert len(harness.events("bus.link_up")) == 1
     finally:
         await harness.aclose()
         peer.stop()
@@ -286,3 +286,71 @@ async def test_noise_between_frames_and_retries(tmp_path: Path) -> None:
             assert link.counters["retries"] == 2
         finally:
             await harness.aclose()
+
+
+async def test_a_long_plan_is_read_whole_on_a_slow_line(tmp_path: Path) -> None:
+    # 16 requests answered 150 ms late each: 2.4 s a read, more than timeout_s · 4 + 1 (2.2 s),
+    # which used to cut the last points off every poll as "short_reply".
+    registers = {0x100 * i: i for i in range(16)}
+    with PtyPair(tmp_path) as pty, FakeMeter(pty.peer, 1, registers, delay_s=0.15) as fake:
+        device = {
+            "id": "m1",
+            "driver": "modbus",
+            "bus": "line",
+            "unit": 1,
+            "timeout_s": 0.3,
+            "interval_s": 3600,
+            "points": [{"name": f"p{i}", "address": 0x100 * i} for i in range(16)],
+        }
+        path = write_config(
+            tmp_path, [device], buses=[{"id": "line", "serial": {"port": str(pty.agent)}}]
+        )
+        runtime = Runtime(load_config(path), clock=Clock("always"))
+        await runtime.start()
+        try:
+            await async_wait_until(lambda: runtime.devices["m1"].poller, what="its poller")
+            records = list(await runtime.read_device("m1"))
+            poller = runtime.devices["m1"].poller
+            assert poller is not None
+            assert poller.guard_s > 2.4
+        finally:
+            await runtime.shutdown()
+    assert values(records) == {f"p{i}": i for i in range(16)}
+    assert all(r.quality is Quality.GOOD for r in records)
+    assert fake.requests >= 16
+
+
+async def test_a_port_that_will_not_open_is_a_link_failure_not_a_crash(tmp_path: Path) -> None:
+    not_a_tty = tmp_path / "ttyUSB0"
+    not_a_tty.write_bytes(b"")  # exists, but tcgetattr fails on it: termios.error / OSError
+    path = write_config(
+        tmp_path,
+        [meter("m1", 1, interval_s=0.1), meter("m2", 2, interval_s=0.1)],
+        buses=[{"id": "line", "serial": {"port": str(not_a_tty)}}],
+    )
+    runtime = Runtime(load_config(path), clock=Clock("always"))
+    task = asyncio.create_task(runtime.run(install_signals=False))
+    try:
+        await async_wait_until(
+            lambda: all(
+                (s := runtime.state.devices.get(i)) is not None and s.failures >= 3
+                for i in ("m1", "m2")
+            ),
+            what="failed reads of both meters",
+        )
+        [line] = runtime.bus_figures()
+        states = {i: runtime.state.devices[i] for i in ("m1", "m2")}
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert line["state"] == "down"
+    assert line["reason"] == "io_error"
+    assert "cannot open" in line["error"]
+    assert runtime.state.task_restarts == 0
+    for state in states.values():
+        assert state.health is Health.UNKNOWN
+        assert state.errors["io_error"] == state.failures
+        assert "driver_error" not in state.errors
+    records = buffer_records(tmp_path / "buffer.db")
+    assert len([r for r in records if r.get("type") == "bus.link_down"]) == 1
+    assert not [r for r in records if r["kind"] == "status"]

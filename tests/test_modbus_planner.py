@@ -181,3 +181,13 @@ def test_the_plan_is_never_worse_than_the_naive_ones(scenario: tuple[list[Item],
     assert total(planned) <= total(contiguous) + 1e-12
     assert total(contiguous) <= total(naive) + 1e-12
     assert wire_time_s(planned, timing) <= wire_time_s(naive, timing) + 1e-12
+
+
+def test_bit_reads_are_priced_by_whole_reply_bytes() -> None:
+    # A coil read's reply carries ceil(N/8) data bytes: 9 coils cost a second byte, 8 do not.
+    timing = LineTiming(9600, 11)
+    cost = Cost.serial(timing)
+    for count in range(1, 2001):
+        assert cost.of("coil", count) == pytest.approx(timing.request_s("coil", count))
+        assert cost.of("discrete", count) == pytest.approx(timing.request_s("discrete", count))
+    assert cost.of("coil", 1) == cost.of("coil", 8) < cost.of("coil", 9) == cost.of("coil", 16)

@@ -17,6 +17,7 @@ import pytest
 from peers.modbus_peers import (
     Harness,
     PtyPair,
+    async_wait_until,
     free_port,
     pymodbus_rtu,
     pymodbus_tcp,
@@ -383,35 +384,55 @@ async def test_deadband_reports_on_change_and_on_heartbeat(tmp_path: Path) -> No
 
 
 async def test_a_bus_changed_by_a_reload_gets_a_new_link(tmp_path: Path) -> None:
+    from agent_proc import write_config
+
+    from agent.clock import Clock
+    from agent.config.loader import load_config
+    from agent.runtime import Runtime
+    from drivers.modbus.link import ModbusLink
+
     first, second = free_port(), free_port()
     device = {
         "id": "m1",
         "driver": "modbus",
         "bus": "line",
         "unit": 1,
+        "interval_s": 0.1,
         "points": [{"name": "x", "address": 0}],
     }
+
+    def config(port: int) -> Path:
+        return write_config(
+            tmp_path, [device], buses=[{"id": "line", "tcp": {"host": "127.0.0.1", "port": port}}]
+        )
+
+    def links(runtime: Runtime) -> list[ModbusLink]:
+        items = runtime._devices.shared._items.values()
+        return [r for r in items if isinstance(r, ModbusLink)]
+
+    def last_x(runtime: Runtime) -> Any:
+        point = runtime.state.devices["m1"].points.get("x")
+        return None if point is None else point.value
+
     async with (
         pymodbus_tcp([sim_device(1, {"holding": {0: 1}})], port=first),
         pymodbus_tcp([sim_device(1, {"holding": {0: 2}})], port=second),
     ):
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        before = Harness(
-            tmp_path / "a", [{"id": "line", "tcp": {"host": "127.0.0.1", "port": first}}], [device]
+        path = config(first)
+        runtime = Runtime(
+            load_config(path), config_path=path, loader=load_config, clock=Clock("always")
         )
-        after = Harness(
-            tmp_path / "b", [{"id": "line", "tcp": {"host": "127.0.0.1", "port": second}}], [device]
-        )
-        after.shared = before.shared  # one runtime: the shared resources outlive a reload
+        await runtime.start()
         try:
-            assert _values(list(await before.drivers["m1"].read())) == {"x": 1}
-            old = before.link
-            assert _values(list(await after.drivers["m1"].read())) == {"x": 2}
-            assert before.link is not old
+            await async_wait_until(lambda: last_x(runtime) == 1, what="x = 1 from the first host")
+            [old] = links(runtime)
+            config(second)
+            assert await runtime.reload()
+            await async_wait_until(lambda: last_x(runtime) == 2, what="x = 2 from the second")
+            assert links(runtime) != [old]
             assert not old._all, "the old link was closed, freeing its port"
         finally:
-            await before.aclose()
+            await runtime.shutdown()
 
 
 async def test_writes_through_the_runtime_are_allowlisted_and_audited(tmp_path: Path) -> None:
@@ -423,7 +444,9 @@ async def test_writes_through_the_runtime_are_allowlisted_and_audited(tmp_path: 
 
     port = free_port()
     registers = {0: 500, **dict(enumerate(registers_of(1.5, "float32"), start=10))}
-    async with pymodbus_tcp([sim_device(1, {"holding": registers})], port=port):
+    # Two meters (one unit id each: a shared address is a config error) of the same kind.
+    meters = [sim_device(unit, {"holding": registers}) for unit in (1, 2)]
+    async with pymodbus_tcp(meters, port=port):
         points = [
             {"name": "setpoint", "address": 0, "scale": 0.1, "unit": "Hz", "writable": True},
             {"name": "gain", "address": 10, "type": "float32"},
@@ -438,7 +461,7 @@ async def test_writes_through_the_runtime_are_allowlisted_and_audited(tmp_path: 
                 "points": points,
                 "commands": ["modbus.write"],
             },
-            {"id": "ro", "driver": "modbus", "bus": "line", "unit": 1, "points": points},
+            {"id": "ro", "driver": "modbus", "bus": "line", "unit": 2, "points": points},
         ]
         path = write_config(
             tmp_path, devices, buses=[{"id": "line", "tcp": {"host": "127.0.0.1", "port": port}}]

@@ -85,6 +85,7 @@ async def test_status_matches_the_agent(tmp_path: Path) -> None:
             "degraded": 0,
             "down": 0,
             "starting": 0,
+            "unknown": 0,
             "disabled": 1,
         }
         assert status["problems"] == []

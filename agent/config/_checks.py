@@ -145,6 +145,40 @@ def _unique_codes(source: Source, config: AgentConfig) -> list[ConfigIssue]:
     return issues
 
 
+def _shared_lines(source: Source, config: AgentConfig) -> list[ConfigIssue]:
+    """Devices sharing a bus: each address once per driver, and line settings every protocol on
+    the line can use."""
+    issues: list[ConfigIssue] = []
+    owners: dict[tuple[str, str, object], int] = {}
+    for i, device in enumerate(config.devices):
+        if device.bus is None or not device.enabled:
+            continue
+        key = device.address_key
+        if key is not None:
+            slot = (device.bus, device.driver, device.bus_address)
+            first = owners.setdefault(slot, i)
+            if first != i:
+                other = _ref(source, ("devices", first), f" ({config.devices[first].id!r})")
+                message = (
+                    f"{key} {device.bus_address!r} is already used on bus {device.bus!r} by "
+                    f"{other}: two devices cannot answer to one address"
+                )
+                issues.append(source.at(("devices", i, key), message))
+        bus = config.bus(device.bus)
+        problem = device.line_problem(bus.serial) if bus and bus.serial else None
+        if problem is not None:
+            j = next(n for n, b in enumerate(config.buses) if b.id == device.bus)
+            where = _ref(source, ("buses", j, "serial"))
+            issues.append(
+                source.at(
+                    ("devices", i, "bus"),
+                    f"bus {device.bus!r} ({where}) does not suit driver {device.driver!r}: "
+                    f"{problem}",
+                )
+            )
+    return issues
+
+
 def cross_check(source: Source, config: AgentConfig | None) -> list[ConfigIssue]:
     """Issues across entries. Works on the raw data so that it runs, and reports, even when some
     entries failed validation; code uniqueness needs the fully validated ``config``."""
@@ -159,4 +193,5 @@ def cross_check(source: Source, config: AgentConfig | None) -> list[ConfigIssue]
         issues += _check_commands(source, i, raw)
     if config is not None:
         issues += _unique_codes(source, config)
+        issues += _shared_lines(source, config)
     return issues

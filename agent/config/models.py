@@ -35,8 +35,10 @@ __all__ = [
     "Ident",
     "Location",
     "LoggingConfig",
+    "PolledDeviceConfig",
     "SecretRef",
     "SerialBus",
+    "StreamedDeviceConfig",
     "StrictModel",
     "TcpBus",
     "UplinkConfig",
@@ -213,7 +215,11 @@ class DeviceKind(enum.StrEnum):
 
 
 class DeviceConfig(StrictModel):
-    """Fields every device has, whatever its driver."""
+    """A device's identity, whatever its driver: what it is, where, and what it may be told.
+
+    Drivers subclass :class:`PolledDeviceConfig` (the scheduler reads them) or
+    :class:`StreamedDeviceConfig` (they push), not this class directly.
+    """
 
     id: Ident
     driver: str
@@ -228,12 +234,6 @@ class DeviceConfig(StrictModel):
     firmware: str | None = None
     location: Location | None = None
     enabled: bool = True
-    interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 60
-    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    offline_after: Annotated[int, Field(ge=1, le=100)] = 3
-    """Consecutive failed reads before the device is reported offline."""
-    backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300
-    """Longest wait between probes of an offline device."""
     commands: list[str] = Field(default_factory=list)
     """Command actions the platform or a technician may run on this device (allowlist)."""
 
@@ -244,6 +244,21 @@ class DeviceConfig(StrictModel):
     any kind (the simulated driver does, so scheduler tests can share a bus between devices)."""
     known_commands: ClassVar[frozenset[str]] = frozenset()
     """Command actions the driver implements; ``commands:`` may only list these."""
+    address_key: ClassVar[str | None] = None
+    """The key that addresses the device on its bus (Modbus ``unit``, a DL/T 645 ``address``, a
+    BLE ``mac``): two devices of the driver with the same value on one bus are a config error."""
+
+    @classmethod
+    def line_problem(cls, line: SerialBus) -> str | None:
+        """Why this protocol cannot run on a serial line with these settings (Modbus RTU needs 8
+        data bits, say), or None."""
+        del line
+        return None
+
+    @property
+    def bus_address(self) -> object:
+        """The value of :attr:`address_key`, or None."""
+        return getattr(self, self.address_key) if self.address_key else None
 
     @field_validator("code", mode="before")
     @classmethod
@@ -251,6 +266,24 @@ class DeviceConfig(StrictModel):
         if isinstance(value, int):
             raise ValueError("must be quoted: write the 20-digit code as a string")
         return value
+
+
+class PolledDeviceConfig(DeviceConfig):
+    """A device the scheduler reads on its interval."""
+
+    interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 60
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    offline_after: Annotated[int, Field(ge=1, le=100)] = 3
+    """Consecutive failed reads before the device is reported offline."""
+    backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300
+    """Longest wait between probes of an offline device."""
+
+
+class StreamedDeviceConfig(DeviceConfig):
+    """A device that pushes (a BLE tag's adverts, a camera's events, a reader on a panel)."""
+
+    stale_after_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = None
+    """Offline (reason ``stale``) when nothing arrived for this long; None: never."""
 
 
 class LoggingConfig(StrictModel):

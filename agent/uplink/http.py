@@ -499,6 +499,10 @@ class HttpUplinkClient:
         inventory.setdefault("devices", [])
         return {"gateway": gateway, **inventory}
 
+    def inventory_changed(self) -> None:
+        """Check the inventory on the next round, not after ``inventory_check_s``."""
+        self._inventory_checked = float("-inf")
+
     async def _sync_inventory(self) -> _Outcome | None:
         """PUT the inventory at start and whenever it changed; None when nothing to do."""
         now = time.monotonic()

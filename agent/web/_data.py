@@ -46,7 +46,7 @@ __all__ = [
     "status_payload",
 ]
 
-HEALTH_ORDER = {"down": 0, "degraded": 1, "starting": 2, "ok": 3, "disabled": 4}
+HEALTH_ORDER = {"down": 0, "unknown": 1, "degraded": 2, "starting": 3, "ok": 4, "disabled": 5}
 """Problems first: a technician scans the top of the list."""
 
 _PROBLEMS_ON_OVERVIEW = 20
@@ -203,6 +203,7 @@ def _health_counts(states: Iterable[DeviceState], disabled: int) -> dict[str, in
         "degraded": counts[Health.DEGRADED.value],
         "down": counts[Health.DOWN.value],
         "starting": counts[Health.STARTING.value],
+        "unknown": counts[Health.UNKNOWN.value],
         "disabled": disabled,
     }
 
@@ -223,7 +224,7 @@ def status_payload(runtime: Runtime, probes: Probes, throughput: Throughput) -> 
     disabled = sum(not d.enabled for d in cfg.devices)
     states = list(state.devices.values())
     problems = sorted(
-        (s for s in states if s.health in (Health.DOWN, Health.DEGRADED)),
+        (s for s in states if s.health in (Health.DOWN, Health.UNKNOWN, Health.DEGRADED)),
         key=lambda s: (HEALTH_ORDER[s.health.value], s.since_ms),
     )
     names = {d.id: d.name for d in cfg.devices}
@@ -260,6 +261,7 @@ def status_payload(runtime: Runtime, probes: Probes, throughput: Throughput) -> 
             for s in problems[:_PROBLEMS_ON_OVERVIEW]
         ],
         "problems_total": len(problems),
+        "buses": runtime.bus_figures(),
     }
 
 
@@ -389,9 +391,10 @@ def device_detail(runtime: Runtime, device: DeviceConfig) -> dict[str, Any]:
             "model": device.model,
             "firmware": device.firmware,
             "enabled": device.enabled,
-            "interval_s": device.interval_s,
-            "timeout_s": device.timeout_s,
-            "offline_after": device.offline_after,
+            "interval_s": getattr(device, "interval_s", None),
+            "timeout_s": getattr(device, "timeout_s", None),
+            "offline_after": getattr(device, "offline_after", None),
+            "stale_after_s": getattr(device, "stale_after_s", None),
             "next_poll_in_s": (
                 round(state.next_poll_in_s, 1)
                 if state is not None and state.next_poll_in_s is not None

@@ -114,7 +114,24 @@ def render_metrics(runtime: Runtime, probes: Probes) -> str:
         "edge_agent_bus_busy_seconds_total",
         "counter",
         "Seconds the bus (or a bus-less device's own lane) was held by requests.",
-        [((("lane", name),), lane.busy_s) for name, lane in sorted(runtime.lanes.items())],
+        [((("lane", name),), busy) for name, busy in sorted(runtime.busy_figures().items())],
+    )
+    buses = runtime.bus_figures()
+    w.family(
+        "edge_agent_bus_up",
+        "gauge",
+        "1 while the bus's port or connection is open and working (0 down, 0 never opened).",
+        [((("bus", b["id"]), ("state", b["state"])), int(b["state"] == "up")) for b in buses],
+    )
+    w.family(
+        "edge_agent_bus_events_total",
+        "counter",
+        "What each bus saw: requests, replies, reconnects, noise bytes, CRC errors, retries...",
+        [
+            ((("bus", b["id"]), ("what", what)), count)
+            for b in buses
+            for what, count in sorted(b["counters"].items())
+        ],
     )
     disk = probes.disk()
     w.one(

@@ -41,6 +41,8 @@ __all__ = [
     "function_code",
     "register_count",
     "reply_length",
+    "rtu_crc_ok",
+    "rtu_reply_size",
     "scan_mbap",
     "scan_rtu",
 ]
@@ -291,6 +293,26 @@ def reply_length(function: int, count: int) -> int:
 def exception_reason(code: int) -> str:
     """The reason word of a Modbus exception reply: ``exception_02``, ``exception_0b``."""
     return f"exception_{code:02x}"
+
+
+def rtu_reply_size(data: bytes, unit: int, function: int, expected: int) -> int:
+    """Bytes of our reply at the start of ``data`` once they have all arrived, else 0: a read's
+    reply is as long as its byte count says (a device may truncate: the driver tells), a write's
+    ``expected`` bytes, an exception reply 5. The CRC is not checked here: a complete reply with
+    a bad CRC ends the wait at once, and :func:`rtu_crc_ok` tells."""
+    if len(data) < 5 or data[0] != unit or data[1] not in (function, function | 0x80):
+        return 0
+    if data[1] & 0x80:
+        size = 5
+    elif function in (1, 2, 3, 4):
+        size = 5 + data[2]
+    else:
+        size = expected
+    return size if len(data) >= size else 0
+
+
+def rtu_crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
 
 
 def _rtu_frame_at(data: bytes, start: int) -> int:

@@ -18,7 +18,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agent.config.errors import did_you_mean
-from agent.config.models import DeviceConfig, DeviceKind, Ident, StrictModel
+from agent.config.models import (
+    DeviceKind,
+    Ident,
+    PolledDeviceConfig,
+    SerialBus,
+    StrictModel,
+)
 from drivers.modbus.codec import (
     BIT_TABLES,
     REGISTER_TABLES,
@@ -251,7 +257,7 @@ def _point(
     return point, None
 
 
-class ModbusDevice(DeviceConfig):
+class ModbusDevice(PolledDeviceConfig):
     """A Modbus device: a meter, a pump controller, a sensor."""
 
     driver: Literal["modbus"]
@@ -275,6 +281,13 @@ class ModbusDevice(DeviceConfig):
 
     bus_kinds: ClassVar[frozenset[str]] = frozenset({"serial", "tcp"})
     known_commands: ClassVar[frozenset[str]] = frozenset({"modbus.write"})
+    address_key: ClassVar[str | None] = "unit"
+
+    @classmethod
+    def line_problem(cls, line: SerialBus) -> str | None:
+        if line.data_bits != 8:
+            return "Modbus RTU needs 8 data bits (7 is Modbus ASCII, which is not supported)"
+        return None
 
     @model_validator(mode="before")
     @classmethod

@@ -10,14 +10,25 @@ device with one unmapped register.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from agent.driver import CommandError, CommandSpec, DeviceError, DriverContext
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
+
+from agent.driver import BusError, CommandError, CommandSpec, DeviceError, DriverContext
 from agent.records import Quality, Reading, Record
 from drivers.modbus.codec import (
     BIT_TABLES,
@@ -31,7 +42,7 @@ from drivers.modbus.codec import (
     reply_length,
 )
 from drivers.modbus.config import ModbusDevice, Point
-from drivers.modbus.link import LINK_REASONS, BusSlot, Client, LinkError, ModbusLink
+from drivers.modbus.link import LinkError, ModbusLink, shared_link
 from drivers.modbus.planner import (
     Cost,
     Item,
@@ -47,11 +58,17 @@ if TYPE_CHECKING:
 
     from agent.config.models import Bus
 
-__all__ = ["ModbusDriver", "line_timing", "shared_link"]
+__all__ = ["ModbusDriver", "line_timing"]
 
 _SILENT_REASONS: Final = frozenset({"timeout", "crc_error", "short_reply", "wrong_unit", "garbage"})
 _SPLIT_ON: Final = frozenset({2, 3})
 """Illegal data address / value: the device rejects a read that spans registers it lacks."""
+_READS: Final[dict[str, Any]] = {
+    "holding": ReadHoldingRegistersRequest,
+    "input": ReadInputRegistersRequest,
+    "coil": ReadCoilsRequest,
+    "discrete": ReadDiscreteInputsRequest,
+}
 
 
 def line_timing(bus: Bus) -> LineTiming:
@@ -61,29 +78,6 @@ def line_timing(bus: Bus) -> LineTiming:
         return LineTiming()
     bits = 1 + serial.data_bits + (serial.parity != "none") + serial.stop_bits
     return LineTiming(serial.baud, bits)
-
-
-async def shared_link(ctx: DriverContext) -> ModbusLink:
-    """The bus's link, created by the first device on it."""
-    bus = ctx.bus
-    if bus is None:
-        raise DeviceError("no_bus", "a Modbus device needs a bus")
-
-    def create() -> ModbusLink:
-        return ModbusLink(
-            bus,
-            emit=ctx.sink,
-            stamp=ctx.stamp,
-            # The link speaks for the bus, not for the device that happened to open it.
-            log=ctx.log.try_unbind("device", "driver"),
-            source=ctx.config.gateway.id,
-        )
-
-    async def slot() -> BusSlot:
-        return BusSlot()
-
-    bus_slot: BusSlot = await ctx.shared(f"modbus:{bus.id}", slot)
-    return await bus_slot.get(bus, create)
 
 
 def _implied_decimals(number: float) -> int:
@@ -138,10 +132,9 @@ class ModbusDriver:
     def __init__(self, config: ModbusDevice, ctx: DriverContext) -> None:
         self.config = config
         self.ctx = ctx
-        bus = ctx.bus
-        if bus is None:
+        if ctx.bus is None:
             raise ValueError(f"{config.id}: a Modbus device needs a bus")
-        self.bus = bus
+        bus = self.bus = ctx.bus.config
         self.points: list[Point] = config.resolved_points()
         self._by_name = {p.name: i for i, p in enumerate(self.points)}
         self._decoders: list[Decoder] = [
@@ -211,44 +204,32 @@ class ModbusDriver:
 
     # ------------------------------------------------------------------ reading
 
-    async def _request(self, link: ModbusLink, request: Request, timeout_s: float) -> ModbusPDU:
-        unit = self.config.unit
-        address, count = request.address, request.count
-        read: Callable[[Client], Any]
-        if request.table == "holding":
-
-            def read(c: Client) -> Any:
-                return c.read_holding_registers(address, count=count, device_id=unit)
-        elif request.table == "input":
-
-            def read(c: Client) -> Any:
-                return c.read_input_registers(address, count=count, device_id=unit)
-        elif request.table == "coil":
-
-            def read(c: Client) -> Any:
-                return c.read_coils(address, count=count, device_id=unit)
-        else:
-
-            def read(c: Client) -> Any:
-                return c.read_discrete_inputs(address, count=count, device_id=unit)
-
+    async def _request(self, link: ModbusLink, request: Request) -> ModbusPDU:
         function = function_code(request.table)
+        pdu = _READS[request.table](
+            dev_id=self.config.unit, address=request.address, count=request.count
+        )
         self.counters["requests"] += 1
         return await link.call(
-            read,
-            unit=unit,
-            function=function,
-            expected=reply_length(function, count),
-            timeout_s=timeout_s,
+            pdu,
+            expected=reply_length(function, request.count),
+            timeout_s=self.config.timeout_s,
             retries=self.config.retries,
+        )
+
+    @property
+    def read_budget_s(self) -> float:
+        """The worst case of one read: every planned request timing out on every try, and its
+        frames on the wire (waits for a turn on the bus not counted). The scheduler's guard
+        scales with it, so a long plan is never cut short."""
+        tries = self.config.retries + 1
+        return sum(
+            tries * (self.config.timeout_s + self.timing.request_s(r.table, r.count))
+            for r in self.plan
         )
 
     async def read(self) -> Sequence[Record]:
         link = await self._ensure_link()
-        loop = asyncio.get_running_loop()
-        timeout_s = self.config.timeout_s
-        # Finish well inside the scheduler's guard (timeout_s · 4 + 2 s) whatever happens.
-        deadline = loop.time() + timeout_s * 4 + 1.0
         values: dict[int, Value] = {}
         bad: dict[int, str] = {}
         queue = list(self.plan)
@@ -257,23 +238,19 @@ class ModbusDriver:
         first_error: LinkError | None = None
         while queue:
             request = queue.pop(0)
-            remaining = deadline - loop.time()
-            if remaining <= 0.05:
-                for r in [request, *queue]:
-                    bad.update(dict.fromkeys(r.keys, "deadline"))
-                self.counters["deadline"] += 1
-                break
             try:
-                reply = await self._request(link, request, min(timeout_s, remaining))
+                reply = await self._request(link, request)
             except LinkError as exc:
                 self.counters[exc.reason] += 1
                 first_error = first_error or exc
                 bad.update(dict.fromkeys(request.keys, exc.reason))
+                if isinstance(exc, BusError):
+                    raise
                 if exc.reason in _SILENT_REASONS:
                     silent_run += 1
                 # A device that has not answered at all, or stopped answering, would cost a
                 # timeout per remaining request: leave them for the next cycle.
-                if exc.reason in LINK_REASONS or (silent_run and not answered) or silent_run >= 2:
+                if (silent_run and not answered) or silent_run >= 2:
                     for r in queue:
                         bad.update(dict.fromkeys(r.keys, exc.reason))
                     break
@@ -482,12 +459,10 @@ class ModbusDriver:
             raise CommandError("bad_args", f"{point.name}: {exc}") from None
         return {"point": point.name, "value": args["value"]}
 
-    async def _call(self, link: ModbusLink, what: str, operation: Any, function: int) -> Any:
+    async def _call(self, link: ModbusLink, what: str, request: ModbusPDU) -> ModbusPDU:
         try:
             reply = await link.call(
-                operation,
-                unit=self.config.unit,
-                function=function,
+                request,
                 expected=8,
                 timeout_s=self.config.timeout_s,
                 retries=self.config.retries,
@@ -502,7 +477,7 @@ class ModbusDriver:
     async def _read_point(self, link: ModbusLink, point: Point) -> list[int] | bool:
         request = Request(point.table, point.address, point.size, (self._by_name[point.name],))
         try:
-            reply = await self._request(link, request, self.config.timeout_s)
+            reply = await self._request(link, request)
         except LinkError as exc:
             raise CommandError(exc.reason, f"reading {point.name} back: {exc}") from None
         if reply.isError():
@@ -527,8 +502,7 @@ class ModbusDriver:
             await self._call(
                 link,
                 f"writing {point.name}",
-                lambda c: c.write_coil(address, state, device_id=unit),
-                5,
+                WriteSingleCoilRequest(dev_id=unit, address=address, bits=[state]),
             )
             back = await self._read_point(link, point)
             if back != state:
@@ -555,15 +529,13 @@ class ModbusDriver:
             await self._call(
                 link,
                 f"writing {point.name}",
-                lambda c: c.write_register(address, word, device_id=unit),
-                6,
+                WriteSingleRegisterRequest(dev_id=unit, address=address, registers=[word]),
             )
         else:
             await self._call(
                 link,
                 f"writing {point.name}",
-                lambda c: c.write_registers(address, words, device_id=unit),
-                16,
+                WriteMultipleRegistersRequest(dev_id=unit, address=address, registers=words),
             )
         back = await self._read_point(link, point)
         assert isinstance(back, list)

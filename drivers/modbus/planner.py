@@ -110,7 +110,8 @@ class Cost:
 
     per_request: float
     per_register: float
-    per_bit: float
+    per_bit_byte: float
+    """Per reply byte of a coil or discrete read: 8 bits a byte, a started byte costs whole."""
 
     @classmethod
     def serial(cls, timing: LineTiming) -> Cost:
@@ -118,17 +119,17 @@ class Cost:
         return cls(
             per_request=13 * timing.char_s + 2 * timing.t35_s,
             per_register=2 * timing.char_s,
-            per_bit=timing.char_s / 8,
+            per_bit_byte=timing.char_s,
         )
 
     @classmethod
     def tcp(cls) -> Cost:
         """Modbus TCP: a round trip costs far more than the bytes, so fewest requests wins."""
-        return cls(per_request=1.0, per_register=1e-4, per_bit=1e-5)
+        return cls(per_request=1.0, per_register=1e-4, per_bit_byte=8e-5)
 
     def of(self, table: str, count: int) -> float:
         if table in BIT_TABLES:
-            return self.per_request + self.per_bit * count
+            return self.per_request + self.per_bit_byte * ((count + 7) // 8)
         return self.per_request + self.per_register * count
 
 

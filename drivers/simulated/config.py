@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agent.config.models import DeviceConfig, DeviceKind, EventType, Ident, StrictModel
+from agent.config.models import DeviceKind, EventType, Ident, PolledDeviceConfig, StrictModel
 
 __all__ = ["SimEvent", "SimFailure", "SimPoint", "SimulatedDevice"]
 
@@ -90,7 +90,7 @@ class SimFailure(StrictModel):
     """Reads that succeed before failures start."""
 
 
-class SimulatedDevice(DeviceConfig):
+class SimulatedDevice(PolledDeviceConfig):
     """A device whose readings are computed, not read from a wire."""
 
     driver: Literal["simulated"]

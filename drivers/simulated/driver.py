@@ -1,9 +1,11 @@
 """A real driver whose device is a small deterministic model instead of a wire.
 
 It follows the same contract as every protocol driver: the scheduler calls ``read`` on the
-device's interval through its bus lane, failures are raised as :class:`DeviceError`, commands go
-through :meth:`execute`. Faults can be configured up front or switched on at run time with the
-``simulate.fault`` command, which is how the tests and the demo show a device going red.
+device's interval, failures are raised as :class:`DeviceError`, commands go through
+:meth:`execute`. A simulated device that names a bus holds it for the whole of its read (it has
+no frames to exchange), so devices on one bus take turns as they would on a real line. Faults can
+be configured up front or switched on at run time with the ``simulate.fault`` command, which is
+how the tests and the demo show a device going red.
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ class SimulatedDriver:
         return "none"
 
     async def read(self) -> Sequence[Record]:
+        if self.ctx.bus is not None:
+            async with self.ctx.bus.hold():
+                return await self._read()
+        return await self._read()
+
+    async def _read(self) -> Sequence[Record]:
         fault = self._fault_now()
         if fault in ("timeout", "silent"):
             # Cost the bus what a silent device costs: the whole timeout.

@@ -285,8 +285,9 @@ async def pymodbus_rtu(devices: Sequence[Any], *, port: Path) -> AsyncIterator[A
 
 
 class Harness:
-    """Modbus drivers built from a config the way the runtime builds them, with a record list
-    as the sink and one shared link per bus; ``aclose`` closes the links as the runtime does."""
+    """Modbus drivers built from a config the way the agent builds them, on the core's bus
+    handles (:class:`agent.driver.testing.Standalone`), with a record list as the sink;
+    ``aclose`` closes the links and the buses as the runtime does."""
 
     def __init__(
         self,
@@ -297,48 +298,31 @@ class Harness:
         from agent_proc import write_config
 
         from agent.config.loader import load_config
-        from agent.driver import DriverContext
-        from agent.logs import get_logger
-        from agent.records import now_ms
+        from agent.driver.testing import Standalone
         from drivers.modbus.driver import ModbusDriver
 
         self.config = load_config(write_config(directory, devices, buses=buses))
-        self.records: list[Any] = []
-        self.shared: dict[str, Any] = {}
-        self.drivers: dict[str, ModbusDriver] = {}
-        for device in self.config.devices:
-            ctx = DriverContext(
-                device=device,
-                bus=self.config.bus(device.bus) if device.bus else None,
-                config=self.config,
-                sink=self._sink,
-                stamp=lambda: (now_ms(), True),
-                log=get_logger(device=device.id, driver="modbus"),
-                shared=self._shared,
-            )
-            self.drivers[device.id] = ModbusDriver(device, ctx)  # type: ignore[arg-type]
+        self.bench = Standalone(self.config.buses, gateway_id=self.config.gateway.id)
+        self.drivers: dict[str, ModbusDriver] = {
+            device.id: ModbusDriver(device, self.bench.context(device))  # type: ignore[arg-type]
+            for device in self.config.devices
+        }
 
-    async def _sink(self, records: Sequence[Any]) -> None:
-        self.records.extend(records)
-
-    async def _shared(self, key: str, factory: Any) -> Any:
-        if key not in self.shared:
-            self.shared[key] = await factory()
-        return self.shared[key]
+    @property
+    def records(self) -> list[Any]:
+        return self.bench.records
 
     @property
     def link(self) -> Any:
-        """The link of the (one) bus."""
-        [slot] = self.shared.values()
-        return slot.link
+        """The (one) bus: its link state and counters."""
+        [bus] = self.bench.buses.values()
+        return bus
 
     def events(self, type_: str) -> list[Any]:
-        return [r for r in self.records if getattr(r, "type", None) == type_]
+        return self.bench.events(type_)
 
     async def aclose(self) -> None:
-        for resource in self.shared.values():
-            await resource.aclose()
-        self.shared.clear()
+        await self.bench.aclose()
 
 
 # --- a misbehaving RTU meter on a pty -------------------------------------------------------------
@@ -354,17 +338,34 @@ def _crc(data: bytes) -> bytes:
 
 
 class FakeMeter:
-    """An RTU meter on the peer end of a pty that answers FC03/FC04 from ``registers`` and,
-    request by request, misbehaves as scripted: ``garbage_before``, ``truncated``,
-    ``other_unit``, ``bad_crc``, ``short_count`` (a valid frame with fewer registers),
-    ``silent``, ``noise_after`` (a good reply, then random bytes on the idle line)."""
+    """An RTU meter on the peer end of a pty that answers FC03/FC04 from ``registers`` (FC06
+    writes them) and, request by request, misbehaves as scripted: ``garbage_before``,
+    ``truncated``, ``other_unit``, ``bad_crc``, ``short_count`` (a valid frame with fewer
+    registers), ``silent``, ``noise_after`` (a good reply, then random bytes on the idle line).
 
-    def __init__(self, path: Path, unit: int, registers: Mapping[int, int]) -> None:
+    ``units`` lets one peer stand for several meters with the same registers; ``delay_s`` makes
+    every answer take that long (a slow line); ``log`` lists the unit of every request in
+    order; ``other`` answers 8-byte frames of another protocol (first byte 0xA5) on the line."""
+
+    def __init__(
+        self,
+        path: Path,
+        unit: int,
+        registers: Mapping[int, int],
+        *,
+        units: Sequence[int] = (),
+        delay_s: float = 0.0,
+        other: Any = None,
+    ) -> None:
         self.path = path
         self.unit = unit
+        self.units = {unit, *units}
         self.registers = dict(registers)
         self.script: list[str] = []
         self.requests = 0
+        self.log: list[int] = []
+        self.delay_s = delay_s
+        self.other = other
         self._buffer = b""
         self._fd = -1
 
@@ -388,16 +389,38 @@ class FakeMeter:
             return
         while len(self._buffer) >= 8:
             frame, self._buffer = self._buffer[:8], self._buffer[8:]
+            if frame[0] == 0xA5 and self.other is not None:
+                self.requests += 1
+                self.log.append(-1)
+                self._send(self.other(frame))
+                continue
             if _crc(frame[:6]) != frame[6:]:
                 self._buffer = b""  # resynchronise, as a meter does after a line break
                 return
             self._answer(frame)
 
+    def _send(self, reply: bytes | None) -> None:
+        if not reply:
+            return
+        if self.delay_s:
+            asyncio.get_running_loop().call_later(self.delay_s, self._write, reply)
+        else:
+            self._write(reply)
+
+    def _write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, data)
+
     def _answer(self, frame: bytes) -> None:
         self.requests += 1
         unit, function = frame[0], frame[1]
+        self.log.append(unit)
         address, count = struct.unpack(">HH", frame[2:6])
-        if unit != self.unit or function not in (3, 4):
+        if unit not in self.units or function not in (3, 4, 6):
+            return
+        if function == 6:
+            self.registers[address] = count  # the value written
+            self._send(frame)  # a write is answered with its echo
             return
         behaviour = self.script.pop(0) if self.script else "ok"
         words = [self.registers.get(address + i, 0) for i in range(count)]
@@ -416,6 +439,6 @@ class FakeMeter:
             reply = other + _crc(other)
         elif behaviour == "bad_crc":
             reply = reply[:-1] + bytes([reply[-1] ^ 0x55])
-        os.write(self._fd, reply)
         if behaviour == "noise_after":
-            os.write(self._fd, bytes([0x55, 0xAA, 0x01, 0x03, 0x99]))
+            reply += bytes([0x55, 0xAA, 0x01, 0x03, 0x99])
+        self._send(reply)

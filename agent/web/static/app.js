@@ -251,6 +251,19 @@
     replaceRows(document.querySelector("#problems tbody"), rows);
     document.getElementById("problems").hidden = rows.length === 0;
     document.getElementById("no-problems").hidden = rows.length !== 0;
+
+    // A bus that is down is the cause of its devices' "unknown": shown as such.
+    const buses = (data.buses || []).map((b) =>
+      el("tr", { class: `health-${b.state === "down" ? "down" : b.state === "up" ? "ok" : "starting"}`, "data-id": b.id, "data-state": b.state },
+        el("td", {}, el("span", { class: `badge health-${b.state === "down" ? "down" : b.state === "up" ? "ok" : "starting"}`, text: T(`bus.${b.state}`) })),
+        el("td", { text: b.id }),
+        el("td", { text: b.where }),
+        el("td", { text: b.since_ms ? `${fmtTime(b.since_ms)} (${fmtAgo(b.since_ms)})` : EMPTY }),
+        el("td", { class: "err", text: b.state === "down" ? `${b.reason}: ${b.error}` : EMPTY }),
+        el("td", { text: fmtNum(b.busy_s) }),
+        el("td", { text: fmtErrors(b.counters) })));
+    replaceRows(document.querySelector("#buses tbody"), buses);
+    document.getElementById("buses-panel").hidden = buses.length === 0;
   }
 
   // ------------------------------------------------------------------ devices

@@ -1,0 +1,50 @@
+"""Buses owned by the core (DESIGN.md section 6): a serial line or a TCP host per configured bus.
+
+Drivers never open a port: they frame their protocol and call ``exchange`` on the handle the
+core gives them (``ctx.bus``), in a turn granted by priority. Any mix of protocols whose line
+settings match may share a bus; the config check refuses a device whose protocol needs settings
+its line does not have.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.bus._base import (
+    BusHandle,
+    LinkListener,
+    Priority,
+    current_priority,
+    link_event,
+    priority,
+    waiting_time,
+)
+from agent.bus.serial import ReplyReader, ReplyTimeoutError, SerialLine, char_bits, frame_gap_s
+from agent.bus.tcp import TcpHost
+
+if TYPE_CHECKING:
+    from agent.config.models import Bus
+
+__all__ = [
+    "BusHandle",
+    "LinkListener",
+    "Priority",
+    "ReplyReader",
+    "ReplyTimeoutError",
+    "SerialLine",
+    "TcpHost",
+    "char_bits",
+    "current_priority",
+    "frame_gap_s",
+    "link_event",
+    "open_bus",
+    "priority",
+    "waiting_time",
+]
+
+
+def open_bus(config: Bus, *, on_link: LinkListener | None = None) -> SerialLine | TcpHost:
+    """The handle of a configured bus; nothing is opened until its first transaction."""
+    if config.serial is not None:
+        return SerialLine(config, on_link=on_link)
+    return TcpHost(config, on_link=on_link)

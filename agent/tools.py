@@ -1,0 +1,83 @@
+"""Installer tools of the driver families, from the command line: through the agent when it runs.
+
+An RS-485 line has one master. While the agent runs on a port, ``edge-agent scan modbus --port
+…`` must not open it a second time: :func:`agent_runner` asks the agent's control socket to run
+the driver's bus tool on its own line, where the tool's transactions take their turns (at
+test-read priority) between the agent's polls. When no agent answers, or the agent does not use
+that bus, the tool opens the port itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from agent.driver import CommandError
+
+if TYPE_CHECKING:
+    from agent.config.models import Bus
+
+__all__ = ["DEFAULT_CONFIG", "agent_runner"]
+
+DEFAULT_CONFIG: Final = Path("/etc/edge-agent/agent.yaml")
+_TOOL_TIMEOUT_S: Final = 900.0
+
+
+def _control_socket(args: argparse.Namespace) -> Path | None:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    config = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
+    if not config.exists():
+        return None
+    from agent.config.errors import ConfigError  # noqa: PLC0415
+    from agent.config.loader import load_config  # noqa: PLC0415
+    from agent.runtime import Runtime  # noqa: PLC0415
+
+    try:
+        return Runtime.control_path(load_config(config))
+    except ConfigError as exc:
+        print(
+            f"{config}: not valid ({len(exc.issues)} error(s)); not asking the agent",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _ask_agent(path: Path, request: Mapping[str, Any]) -> dict[str, Any] | None:
+    from agent.control import send_request  # noqa: PLC0415
+
+    try:
+        answer = asyncio.run(send_request(path, request, timeout_s=_TOOL_TIMEOUT_S))
+    except (OSError, TimeoutError):
+        return None  # no agent behind the socket
+    return answer if isinstance(answer, dict) else None
+
+
+def agent_runner(
+    driver: str, tool: str, bus: Bus, options: dict[str, Any], args: argparse.Namespace
+) -> Mapping[str, Any]:
+    """Run the tool through the running agent if it uses ``bus``, else locally."""
+    path = _control_socket(args)
+    if path is not None and path.exists():
+        request = {
+            "op": "tool",
+            "driver": driver,
+            "tool": tool,
+            "bus": bus.model_dump(mode="json", exclude={"id"}, exclude_none=True),
+            "options": options,
+        }
+        answer = _ask_agent(path, request)
+        if answer is not None:
+            if answer.get("status") == "ok":
+                print(f"(through the running agent, {path})", file=sys.stderr)
+                result: Mapping[str, Any] = answer["result"]
+                return result
+            if answer.get("reason") != "not_my_bus":
+                raise CommandError(str(answer.get("reason")), str(answer.get("error")))
+    from agent.driver.testing import run_tool_locally  # noqa: PLC0415
+
+    return run_tool_locally(driver, tool, bus, options)
