@@ -384,3 +384,45 @@ async def test_overview_with_its_assets_is_small(tmp_path: Path) -> None:
         assert total <= 200 * 1024, total
         assert b"http://" not in page, "nothing from the internet"
         assert b"https://" not in page, "nothing from the internet"
+
+
+async def test_a_failed_bus_is_shown_as_the_cause_of_its_devices(tmp_path: Path) -> None:
+    gone = str(tmp_path / "ttyUSB7")
+    meters = [
+        {"id": f"m{u}", "driver": "modbus", "bus": "rs485-1", "unit": u, "interval_s": 0.2}
+        | {"points": [{"name": "v", "address": 0}]}
+        for u in (1, 2)
+    ]
+
+    def failing(runtime: Any) -> bool:
+        states = [runtime.state.devices.get(m["id"]) for m in meters]
+        return all(s is not None and s.health is Health.UNKNOWN for s in states)
+
+    async with (
+        running_agent(
+            tmp_path,
+            [sim_device("meter-1"), *meters],
+            buses=[{"id": "rs485-1", "serial": {"port": gone}}],
+            ready=failing,
+        ) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        await client.login()
+        status = await client.api("/api/status")
+        [bus] = status["buses"]
+        assert (bus["id"], bus["state"], bus["reason"]) == ("rs485-1", "down", "no_port")
+        assert gone in bus["error"]
+        assert bus["counters"]["no_port"] >= 1
+        assert status["devices"]["unknown"] == 2
+        problems = {p["id"]: p for p in status["problems"]}
+        assert set(problems) == {"m1", "m2"}
+        for problem in problems.values():
+            assert problem["health"] == "unknown"
+            assert problem["last_error"].startswith("bus rs485-1: no_port")
+        text = await (await client.get("/metrics")).text()
+        families = parse_metrics(text)
+        assert _one(families, "edge_agent_bus_up", bus="rs485-1") == 0
+        assert _one(families, "edge_agent_bus_events_total", bus="rs485-1", what="no_port") >= 1
+    records = buffer_records(tmp_path / "buffer.db")
+    assert [r["data"]["bus"] for r in records if r.get("type") == "bus.link_down"] == ["rs485-1"]
+    assert not [r for r in records if r["kind"] == "status" and r["device"] in ("m1", "m2")]

@@ -363,3 +363,38 @@ async def test_devices_search_and_config_pages(
     await expect(page.locator("#config-yaml")).to_contain_text("password_hash: '***'")
     await shot(page, "config")
     no_script_errors(page)
+
+
+async def test_a_failed_bus_is_shown_as_the_cause(
+    tmp_path_factory: pytest.TempPathFactory, context: BrowserContext
+) -> None:
+    directory = tmp_path_factory.mktemp("web-bus")
+    meters = [
+        {"id": f"b3-{u:02d}", "driver": "modbus", "bus": "rs485-b3", "unit": u, "interval_s": 1}
+        | {"name": f"3号楼 电表 {u}", "points": [{"name": "v", "address": 0}]}
+        for u in (1, 2, 3)
+    ]
+    path = write_config(
+        directory,
+        [sim_device("sim-1", interval_s=1), *meters],
+        web=web_section(),
+        buses=[{"id": "rs485-b3", "serial": {"port": str(directory / "ttyUSB3")}}],
+    )
+    proc = AgentProcess(path)
+    try:
+        url = f"http://127.0.0.1:{proc.wait_event('web.listening')['port']}"
+        page = await login(context, url, "view", VIEW_PASSWORD)
+        row = page.locator("#buses tbody tr[data-id='rs485-b3']")
+        await expect(row).to_have_attribute("data-state", "down")
+        await expect(row).to_contain_text("故障")
+        await expect(row).to_contain_text("no_port")
+        await expect(row).to_contain_text("ttyUSB3")
+        # Its devices are listed as unknown, the bus named as the cause.
+        for meter in meters:
+            problem = page.locator(f"#problems tbody tr[data-id='{meter['id']}']")
+            await expect(problem).to_contain_text("未知")
+            await expect(problem).to_contain_text("bus rs485-b3: no_port")
+        await shot(page, "overview-bus-down")
+        no_script_errors(page)
+    finally:
+        assert proc.stop() == 0

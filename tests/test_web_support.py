@@ -97,9 +97,11 @@ async def running_agent(
     devices: list[dict[str, Any]] | None = None,
     *,
     web: dict[str, Any] | None = None,
+    ready: Any = None,
     **sections: Any,
 ) -> AsyncIterator[Runtime]:
-    """The runtime of a config with a web section, started in this event loop."""
+    """The runtime of a config with a web section, started in this event loop; yielded once
+    started and ``ready(runtime)`` (default: every device read once)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = write_config(
         directory,
@@ -122,7 +124,11 @@ async def running_agent(
                 task.done()
                 or (
                     notifier.started
-                    and all(runtime.state.devices[d].reads for d in runtime.devices)
+                    and (
+                        ready(runtime)
+                        if ready is not None
+                        else all(runtime.state.devices[d].reads for d in runtime.devices)
+                    )
                 )
             ),
             what="the start and the first reads",

@@ -231,7 +231,7 @@ class BusHandle:
         if wait > 0:
             raise BusError(
                 self.down_reason or "io_error",
-                f"{self.where}: {self.down_error}; next attempt in {wait:.1f} s",
+                f"{self.down_error}; next attempt in {wait:.1f} s",
             )
 
     def link_down(self, reason: str, error: str, *, retry_now: bool = False) -> None:
