@@ -165,15 +165,16 @@ class Devices:
         owned = frozenset(d.id for d in unit.devices)
 
         def check(records: Sequence[Record]) -> list[Record]:
+            foreign = {r.device for r in records} - owned
+            if foreign:
+                raise ForeignRecordError(
+                    f"{unit.name} handed over records of {', '.join(sorted(foreign))}, which it "
+                    "does not own"
+                )
             out = list(records)
-            for record in records:
-                if record.device not in owned:
-                    raise ForeignRecordError(
-                        f"{unit.name} handed over a record of {record.device!r}, which it does "
-                        "not own"
-                    )
-                if streaming:
-                    status = self._availability.seen(record.device)
+            if streaming:
+                for device in {r.device for r in records}:
+                    status = self._availability.seen(device)
                     if status is not None:
                         out.append(status)
             return out

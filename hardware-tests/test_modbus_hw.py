@@ -47,9 +47,8 @@ class _Meter:
 
     def __init__(self, rig: dict[str, str], points: Sequence[dict[str, Any]] = ()) -> None:
         from agent.config.models import AgentConfig  # noqa: PLC0415
-        from agent.driver import DriverContext  # noqa: PLC0415
+        from agent.driver.testing import Standalone  # noqa: PLC0415
         from agent.logs import get_logger  # noqa: PLC0415
-        from agent.records import now_ms  # noqa: PLC0415
         from drivers.modbus.config import ModbusDevice  # noqa: PLC0415
         from drivers.modbus.driver import ModbusDriver  # noqa: PLC0415
 
@@ -74,31 +73,13 @@ class _Meter:
         else:
             raw["profile"] = rig["EDGE_HW_MODBUS_PROFILE"]
         self.device = ModbusDevice.model_validate(raw)
-        self.events: list[Any] = []
-        self.shared: dict[str, Any] = {}
-
-        async def sink(records: Sequence[Any]) -> None:
-            self.events.extend(records)
-
-        async def share(key: str, factory: Any) -> Any:
-            if key not in self.shared:
-                self.shared[key] = await factory()
-            return self.shared[key]
-
-        ctx = DriverContext(
-            device=self.device,
-            bus=config.buses[0],
-            config=config,
-            sink=sink,
-            stamp=lambda: (now_ms(), True),
-            log=get_logger(test="modbus-hw"),
-            shared=share,
-        )
+        self.bench = Standalone(config.buses, gateway_id=config.gateway.id)
+        self.events = self.bench.records
+        ctx = self.bench.context(self.device, log=get_logger(test="modbus-hw"))
         self.driver = ModbusDriver(self.device, ctx)
 
     async def aclose(self) -> None:
-        for link in self.shared.values():
-            await link.aclose()
+        await self.bench.aclose()
 
 
 @pytest.mark.hardware("modbus")

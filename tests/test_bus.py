@@ -345,3 +345,63 @@ async def test_a_vanished_port_makes_its_devices_unknown_with_one_bus_event(
     for device in ids:
         # The platform was told online once; the bus event speaks for the outage.
         assert statuses(records, device) == [("online", None)]
+
+
+@pytest.mark.usefixtures("test_drivers")
+async def test_a_streaming_driver_reports_health_through_its_context(tmp_path: Path) -> None:
+    devices = [{"id": f"tag-{i}", "driver": "swarm", "tag": i} for i in range(2)]
+    runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
+    task = await run_until(
+        runtime, lambda: all(reads(runtime, d["id"]) >= 2 for d in devices), what="tags heard"
+    )
+    try:
+        line_drivers.BROKEN["tag-1"] = "auth_failed"
+        await async_wait_until(
+            lambda: runtime.state.devices["tag-1"].health is Health.DOWN, what="tag-1 down"
+        )
+        assert runtime.state.devices["tag-1"].last_error == "auth_failed: the tag refused our key"
+        del line_drivers.BROKEN["tag-1"]
+        await async_wait_until(
+            lambda: runtime.state.devices["tag-1"].health is Health.OK, what="tag-1 ok"
+        )
+    finally:
+        await stop(runtime, task)
+    records = buffer_records(tmp_path / "buffer.db")
+    assert statuses(records, "tag-1") == [
+        ("online", None),
+        ("offline", "auth_failed"),
+        ("online", None),
+    ]
+
+
+@pytest.mark.usefixtures("test_drivers")
+async def test_a_reload_restarts_only_the_drivers_whose_devices_changed(tmp_path: Path) -> None:
+    from agent_proc import sim_device
+
+    tags = [{"id": f"tag-{i}", "driver": "swarm", "tag": i} for i in range(3)]
+    path = write_config(tmp_path, [sim_device("sim-1", interval_s=0.1), *tags])
+    runtime = Runtime(
+        load_config(path), config_path=path, loader=load_config, clock=Clock("always")
+    )
+    task = await run_until(
+        runtime, lambda: all(reads(runtime, d["id"]) >= 2 for d in tags), what="tags heard"
+    )
+    try:
+        sim_task = runtime._devices.units["simulated:sim-1"].task
+        write_config(
+            tmp_path, [sim_device("sim-1", interval_s=0.1), *tags, {**tags[0], "id": "tag-9"}]
+        )
+        # tag-9 reuses tag 0's address on the same (no) bus: refused, the old config stays.
+        assert not await runtime.reload()
+        write_config(
+            tmp_path,
+            [sim_device("sim-1", interval_s=0.1), *tags, {**tags[0], "id": "tag-9", "tag": 9}],
+        )
+        assert await runtime.reload()
+        await async_wait_until(lambda: reads(runtime, "tag-9") >= 1, what="tag-9 heard")
+        # One scanner again (a new instance with four tags); the simulated device untouched.
+        assert len(line_drivers.INSTANCES) == 2
+        assert len(line_drivers.INSTANCES[1].ctx.devices) == 4
+        assert runtime._devices.units["simulated:sim-1"].task is sim_task
+    finally:
+        await stop(runtime, task)

@@ -76,6 +76,7 @@ async def running_agent(
     clock: Callable[[], float] = time.time,
     executor: Any = None,
     inventory_fn: Callable[[], dict[str, Any]] = inventory,
+    inventory_check_s: float = 0.1,
     start: bool = True,
     **config: Any,
 ) -> AsyncIterator[Agent]:
@@ -105,7 +106,7 @@ async def running_agent(
         clock=clock,
         rng=random.Random(7),
         idle_poll_s=0.05,
-        inventory_check_s=0.1,
+        inventory_check_s=inventory_check_s,
         long_poll_s=2,
     )
     agent = Agent(client, buffer, state)
@@ -211,6 +212,33 @@ async def test_inventory_is_sent_again_when_it_changes(tmp_path: Path) -> None:
         await wait_for(lambda: revision(2))
         await asyncio.sleep(0.5)
         assert await revision(2), "an unchanged inventory is not sent again"
+
+
+async def test_a_driver_saying_its_inventory_changed_gets_it_sent_at_once(
+    tmp_path: Path,
+) -> None:
+    devices = [{"id": "meter-1", "driver": "simulated", "kind": "other"}]
+
+    def current() -> dict[str, Any]:
+        return {"devices": [dict(d) for d in devices]}
+
+    async with (
+        running_platform(tmp_path) as p,
+        running_agent(p, tmp_path, inventory_fn=current, inventory_check_s=3600) as agent,
+    ):
+
+        async def revision(n: int) -> bool:
+            status, doc = await p.admin("GET", f"/v1/gateways/{GW}/inventory")
+            return status == 200 and doc["revision"] == n
+
+        await wait_for(lambda: revision(1))
+        devices[0]["reported"] = {"firmware": "2.1"}
+        await asyncio.sleep(0.5)
+        assert await revision(1), "an hour between routine checks"
+        agent.client.inventory_changed()  # what ctx.inventory_changed() does in the runtime
+        await wait_for(lambda: revision(2))
+        _, doc = await p.admin("GET", f"/v1/gateways/{GW}/inventory")
+        assert doc["inventory"]["devices"][0]["reported"] == {"firmware": "2.1"}
 
 
 async def _has(p: Platform, n: int) -> bool:

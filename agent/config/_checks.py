@@ -149,21 +149,25 @@ def _shared_lines(source: Source, config: AgentConfig) -> list[ConfigIssue]:
     """Devices sharing a bus: each address once per driver, and line settings every protocol on
     the line can use."""
     issues: list[ConfigIssue] = []
-    owners: dict[tuple[str, str, object], int] = {}
+    owners: dict[tuple[str | None, str, object], int] = {}
     for i, device in enumerate(config.devices):
-        if device.bus is None or not device.enabled:
+        if not device.enabled:
             continue
         key = device.address_key
         if key is not None:
+            # Devices without a bus share their driver's default adapter (a BLE radio).
             slot = (device.bus, device.driver, device.bus_address)
             first = owners.setdefault(slot, i)
             if first != i:
                 other = _ref(source, ("devices", first), f" ({config.devices[first].id!r})")
+                where = f"on bus {device.bus!r}" if device.bus else "without a bus"
                 message = (
-                    f"{key} {device.bus_address!r} is already used on bus {device.bus!r} by "
-                    f"{other}: two devices cannot answer to one address"
+                    f"{key} {device.bus_address!r} is already used {where} by {other}: "
+                    "two devices cannot answer to one address"
                 )
                 issues.append(source.at(("devices", i, key), message))
+        if device.bus is None:
+            continue
         bus = config.bus(device.bus)
         problem = device.line_problem(bus.serial) if bus and bus.serial else None
         if problem is not None:

@@ -24,6 +24,8 @@ from agent.driver import CommandError, CommandSpec, DeviceError, DriverContext, 
 from agent.records import Reading, Record
 
 SILENT: set[str] = set()
+BROKEN: dict[str, str] = {}
+"""Devices the driver says are down (with the reason) through ``ctx.health``."""
 FOREIGN: list[str] = []
 REFUSED: list[str] = []
 INSTANCES: list[SwarmDriver] = []
@@ -39,6 +41,7 @@ def register(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         monkeypatch.setitem(drivers.DRIVERS, spec.name, spec)
     SILENT.clear()
+    BROKEN.clear()
     FOREIGN.clear()
     REFUSED.clear()
     INSTANCES.clear()
@@ -119,12 +122,20 @@ class SwarmDriver:
 
     async def run(self) -> None:
         period = min(getattr(d, "period_s", 0.1) for d in self.ctx.devices)
+        said_down: set[str] = set()
         while True:
+            for device, reason in BROKEN.items():
+                if device not in said_down:
+                    self.ctx.health.down(device, reason, "the tag refused our key")
+                    said_down.add(device)
+            for device in said_down - set(BROKEN):
+                self.ctx.health.ok(device)
+                said_down.discard(device)
             ts, synced = self.ctx.stamp()
             heard = [
                 Reading(device=d.id, ts=ts, ts_synced=synced, point="rssi", value=-60 - i % 30)
                 for i, d in enumerate(self.ctx.devices)
-                if d.id not in SILENT
+                if d.id not in SILENT and d.id not in BROKEN
             ]
             self.ctx.push(heard)
             while FOREIGN:
