@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.config.models import Durability
 from agent.records import Record
 
 from .core import Batch, Buffer, BufferClosedError, BufferStats
+from .durability import Durability
 
 __all__ = ["AsyncBuffer"]
 

@@ -19,28 +19,25 @@ promises and how this module keeps them:
    ``agent.buffer_corrupt`` event.
 
 A :class:`Buffer` is used from one thread at a time; :class:`buffer.AsyncBuffer` gives it a
-worker thread of its own.
+worker thread of its own. Its seams are modules of their own: :mod:`buffer.batches` (what
+``take`` hands out, cut and split with exact ranges), :mod:`buffer.recovery` (opening safely,
+moving a damaged file aside), :mod:`buffer.eviction` (the bound and its overflow events).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import heapq
 import operator
-import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
 import orjson
 import structlog
 
-from agent.config.models import Durability
 from agent.records import (
     PRIORITY_EVENT,
     PRIORITY_READING,
@@ -51,14 +48,25 @@ from agent.records import (
 )
 
 from ._encode import RecordEncoder
+from ._meta import ROW_OVERHEAD, TABLE, TS, Counters
 from ._schema import (
     BufferVersionError,
     SchemaError,
     check_schema,
-    migrate,
     refuse_newer,
     schema_version,
     user_version,
+)
+from .batches import Batch, BufferStats
+from .durability import Durability
+from .eviction import EVICT_SLACK_DIVISOR, Eviction
+from .recovery import (
+    BUSY_TIMEOUT_S,
+    CorruptError,
+    file_bytes,
+    fsync_dir,
+    move_aside,
+    open_checked,
 )
 
 __all__ = [
@@ -74,26 +82,12 @@ __all__ = [
     "BufferVersionError",
 ]
 
-ROW_OVERHEAD: Final = 32
-"""Bytes counted per row on top of its JSON body: key, cell pointer, record header and page slack,
-measured at 25-35 bytes per row for typical readings. The bound is on body + this overhead."""
-
-EVICT_SLACK_DIVISOR: Final = 32
-"""When the bound is hit, free 1/32 of it beyond what is needed, so a full buffer drops in chunks
-(one overflow event per chunk) instead of once per append."""
-
 AGE_CHECK_INTERVAL_S: Final = 5.0
 """``max_age_s`` is enforced on append at most this often."""
 
 MIN_MAX_BYTES: Final = 4096
 
-_BUSY_TIMEOUT_S: Final = 30.0
-_MAX_SEQ: Final = 2**63 - 1
-_SEQ_PREFIX_LEN: Final = len(b'{"seq":')
-_TS: Final = "json_extract(CAST(body AS TEXT), '$.ts')"
-_TABLE: Final = {PRIORITY_EVENT: "events", PRIORITY_READING: "readings"}
 _SYNCED: Final = operator.attrgetter("ts_synced")
-_CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
 _POISON_EVENT: Final = "agent.uplink_poison"
 _POISON_NEEDLE: Final = b'"type":"agent.uplink_poison"'
 _REASON_MAX: Final = 500
@@ -125,152 +119,6 @@ class BufferUnreadableError(RuntimeError):
     """A read-only inspection could not read the file as a buffer (corrupt, foreign, old)."""
 
 
-class _CorruptError(Exception):
-    pass
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Batch:
-    """Records taken for one upload, each already carrying its ``seq``."""
-
-    epoch: str
-    records: list[bytes]
-    """Compact JSON objects, ``{"seq":N,...}``, ready to join into a JSON array."""
-    ranges: tuple[tuple[int, int, int], ...]
-    """``(priority, first_seq, last_seq)`` per priority class covered; ``ack`` deletes these."""
-    size: int
-    """Sum of ``len(records)``."""
-
-    def body(self) -> bytes:
-        return b"[" + b",".join(self.records) + b"]"
-
-    def seqs(self) -> list[int]:
-        """The seq of each record, in order."""
-        return [int(r[_SEQ_PREFIX_LEN : r.index(b",", _SEQ_PREFIX_LEN)]) for r in self.records]
-
-    def split(self) -> tuple[Batch, Batch]:
-        """Two halves, in order, with exact ranges (to isolate a record the platform rejects)."""
-        if len(self.records) < 2:
-            raise ValueError("a batch of one record cannot be split")
-        seqs, prios = self.seqs(), self._priorities()
-        mid = len(self.records) // 2
-        return (
-            self._part(self.records[:mid], seqs[:mid], prios[:mid]),
-            self._part(self.records[mid:], seqs[mid:], prios[mid:]),
-        )
-
-    def cut(self, max_records: int, max_bytes: int) -> list[Batch]:
-        """Consecutive batches within both limits (each at least one record), exact ranges."""
-        if len(self.records) <= max_records and self.size <= max_bytes:
-            return [self]
-        seqs, prios = self.seqs(), self._priorities()
-        out: list[Batch] = []
-        start = size = 0
-        for j, record in enumerate(self.records):
-            if j > start and (j - start >= max_records or size + len(record) > max_bytes):
-                out.append(self._part(self.records[start:j], seqs[start:j], prios[start:j]))
-                start, size = j, 0
-            size += len(record)
-        out.append(self._part(self.records[start:], seqs[start:], prios[start:]))
-        return out
-
-    def _priorities(self) -> list[int]:
-        """The priority of each record. Slices of a batch keep exact ranges because ``take``
-        returns, per priority, every record between a range's ends."""
-        seqs = self.seqs()
-        prios: list[int] = []
-        i = 0
-        for prio, _first, last in self.ranges:
-            while i < len(seqs):
-                prios.append(prio)
-                i += 1
-                if seqs[i - 1] == last:
-                    break
-        if len(prios) != len(seqs):
-            raise ValueError("batch records do not match its ranges")
-        return prios
-
-    def _part(self, records: list[bytes], seqs: list[int], prios: list[int]) -> Batch:
-        ranges: list[tuple[int, int, int]] = []
-        for prio, seq in zip(prios, seqs, strict=True):
-            if ranges and ranges[-1][0] == prio:
-                ranges[-1] = (prio, ranges[-1][1], seq)
-            else:
-                ranges.append((prio, seq, seq))
-        return Batch(self.epoch, records, tuple(ranges), sum(len(r) for r in records))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BufferStats:
-    epoch: str
-    path: str
-    records: int
-    events: int
-    """Events and status records (priority 0)."""
-    readings: int
-    bytes: int
-    """Logical bytes counted against ``max_bytes`` (body + ROW_OVERHEAD per row)."""
-    file_bytes: int
-    """Database file plus its WAL on disk."""
-    max_bytes: int
-    oldest_ms: int | None
-    """``ts`` of the oldest waiting record (lowest seq of either class)."""
-    oldest_event_ms: int | None
-    last_seq: int
-    dropped_readings: int
-    dropped_events: int
-    poisoned: int
-    durability: str
-    recovered_from: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(slots=True)
-class _Counters:
-    """The ``meta`` counters; the copy in memory is only ever replaced after a commit."""
-
-    last_seq: int
-    bytes: int
-    events: int
-    readings: int
-    dropped_readings: int
-    dropped_events: int
-    poisoned: int
-
-    def row(self) -> tuple[int, ...]:
-        return (
-            self.last_seq,
-            self.bytes,
-            self.events,
-            self.readings,
-            self.dropped_readings,
-            self.dropped_events,
-            self.poisoned,
-        )
-
-
-@dataclasses.dataclass(slots=True)
-class _Dropped:
-    readings: int = 0
-    events: int = 0
-    bytes: int = 0
-    oldest_ms: int | None = None
-    newest_ms: int | None = None
-
-    def add(self, prio: int, count: int, nbytes: int, oldest: Any, newest: Any) -> None:
-        if prio == PRIORITY_READING:
-            self.readings += count
-        else:
-            self.events += count
-        self.bytes += nbytes
-        if isinstance(oldest, int) and (self.oldest_ms is None or oldest < self.oldest_ms):
-            self.oldest_ms = oldest
-        if isinstance(newest, int) and (self.newest_ms is None or newest > self.newest_ms):
-            self.newest_ms = newest
-
-
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
@@ -278,48 +126,7 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def _fsync_dir(directory: Path) -> None:
-    # A rename or a new file is durable only once its directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _file_bytes(path: Path) -> int:
-    total = 0
-    for p in (path, path.with_name(path.name + "-wal")):
-        with contextlib.suppress(OSError):
-            total += p.stat().st_size
-    return total
-
-
-def _is_corruption(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename the file (and its -wal/-shm, which stay paired with it) to ``.corrupt-<UTC>``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while any(
-        target.with_name(target.name + s).exists() or target.with_name(target.name + s).is_symlink()
-        for s in ("", "-wal", "-shm")
-    ):
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    for suffix in ("", "-wal", "-shm"):
-        src = path.with_name(path.name + suffix)
-        if src.exists():
-            src.rename(target.with_name(target.name + suffix))
-    _fsync_dir(path.parent)
-    return target
-
-
-class Buffer:
+class Buffer(Eviction):
     """Synchronous core of the buffer. Use from one thread at a time."""
 
     epoch: str
@@ -400,21 +207,21 @@ class Buffer:
             error = "a WAL file without its database"
         elif path.exists():
             try:
-                conn = cls._open_checked(path, mode)
-            except _CorruptError as exc:
+                conn = open_checked(path, mode)
+            except CorruptError as exc:
                 error = str(exc)
         recovered_from: Path | None = None
         if error is not None:
-            recovered_from = _move_aside(path)
+            recovered_from = move_aside(path)
             _log.error("buffer.corrupt", path=str(path), moved_to=str(recovered_from), error=error)
         if conn is None:
             existed = path.exists()
             try:
-                conn = cls._open_checked(path, mode)
-            except _CorruptError as exc:  # a fresh file that fails is the disk's fault
+                conn = open_checked(path, mode)
+            except CorruptError as exc:  # a fresh file that fails is the disk's fault
                 raise OSError(f"{path}: cannot create a buffer file: {exc}") from exc
             if not existed:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         try:
             buf = cls(
                 conn,
@@ -434,80 +241,6 @@ class Buffer:
             conn.close()
             raise
         return buf
-
-    @staticmethod
-    def _open_checked(path: Path, durability: Durability) -> sqlite3.Connection:
-        checked = path.exists() and path.stat().st_size > 0 and Buffer._probe(path)
-        conn = sqlite3.connect(
-            path, isolation_level=None, timeout=_BUSY_TIMEOUT_S, check_same_thread=True
-        )
-        try:
-            try:
-                if not checked:
-                    Buffer._quick_check(conn, path)
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise OSError(f"{path}: cannot switch to WAL mode (got {mode!r})")
-                sync = "FULL" if durability is Durability.FULL else "NORMAL"
-                conn.execute(f"PRAGMA synchronous = {sync}")
-                conn.execute("PRAGMA cache_size = -8192")
-                conn.execute("PRAGMA journal_size_limit = 67108864")
-                migrate(conn, path)
-                check_schema(conn)
-            except SchemaError as exc:
-                raise _CorruptError(str(exc)) from exc
-            except sqlite3.Error as exc:
-                if _is_corruption(exc):
-                    raise _CorruptError(str(exc)) from exc
-                if isinstance(exc, sqlite3.OperationalError) and "already exists" in str(exc):
-                    # Our migration collided with tables of something that is not a buffer.
-                    raise _CorruptError(f"schema unreadable: {exc}") from exc
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-        if rows != [("ok",)]:
-            raise _CorruptError("quick_check: " + "; ".join(str(r[0]) for r in rows[:5]))
-        refuse_newer(user_version(conn), path)
-
-    @staticmethod
-    def _probe(path: Path) -> bool:
-        """Check the file through a read-only connection; True if that was possible.
-
-        Read-only on purpose: closing a read-write connection to a damaged file can checkpoint
-        into it or delete its -wal, and the file must be moved aside exactly as found.
-        """
-        sidecars = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
-        existed = [p.exists() for p in sidecars]
-        uri = path.absolute().as_uri() + "?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
-        except sqlite3.Error:
-            return False
-        try:
-            try:
-                Buffer._quick_check(conn, path)
-            except sqlite3.Error as exc:
-                if _is_corruption(exc):
-                    raise _CorruptError(str(exc)) from exc
-                return False  # e.g. a hot rollback journal only a writer can replay
-            finally:
-                conn.close()
-        except _CorruptError:
-            # Move the file aside as found: drop the -shm index and the empty -wal this probe
-            # itself created (neither holds data).
-            wal, shm = sidecars
-            if not existed[0] and wal.exists() and wal.stat().st_size == 0:
-                wal.unlink()
-            if not existed[1]:
-                shm.unlink(missing_ok=True)
-            raise
-        return True
 
     def _after_open(self, corrupt_error: str | None) -> None:
         conn = self._conn
@@ -557,7 +290,7 @@ class Buffer:
         # -wal/-shm files next to the technician's copy.
         has_wal = path.with_name(path.name + "-wal").exists()
         uri = path.absolute().as_uri() + ("?mode=ro" if has_wal else "?mode=ro&immutable=1")
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             try:
                 version = user_version(conn)
@@ -641,7 +374,7 @@ class Buffer:
             if want <= 0 or full:
                 break
             cursor = self._conn.execute(
-                f"SELECT seq, body FROM {_TABLE[prio]} ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT seq, body FROM {TABLE[prio]} ORDER BY seq LIMIT ?",  # noqa: S608
                 (want,),
             )
             first = last = -1
@@ -685,7 +418,7 @@ class Buffer:
         when = now_ms()
         with self._write() as c:
             for prio, first, last in batch.ranges:
-                table = _TABLE[prio]
+                table = TABLE[prio]
                 row = self._conn.execute(
                     f"SELECT count(*), coalesce(sum(instr(body, ?) > 0), 0) FROM {table} "  # noqa: S608
                     "WHERE seq BETWEEN ? AND ?",
@@ -731,7 +464,7 @@ class Buffer:
         fixed = 0
         set_body = (
             "body = CAST(json_set(CAST(body AS TEXT), '$.ts', "
-            f"{_TS} + ?, '$.ts_synced', json('true')) AS BLOB), boot = NULL"
+            f"{TS} + ?, '$.ts_synced', json('true')) AS BLOB), boot = NULL"
         )
         with self._write() as c:
             for table in ("events", "readings"):
@@ -763,11 +496,11 @@ class Buffer:
         row = conn.execute(
             f"SELECT {_COUNTERS}, recovered_from FROM meta WHERE id = 1"  # noqa: S608
         ).fetchone()
-        c = _Counters(*row[:7])
+        c = Counters(*row[:7])
         oldest: dict[str, int | None] = {}
         for table in ("events", "readings"):
             ts = conn.execute(
-                f"SELECT {_TS} FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
+                f"SELECT {TS} FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
             ).fetchone()
             oldest[table] = ts[0] if ts is not None and isinstance(ts[0], int) else None
         candidates = [v for v in oldest.values() if v is not None]
@@ -778,7 +511,7 @@ class Buffer:
             events=c.events,
             readings=c.readings,
             bytes=c.bytes,
-            file_bytes=_file_bytes(self.path),
+            file_bytes=file_bytes(self.path),
             max_bytes=self.max_bytes,
             oldest_ms=min(candidates) if candidates else None,
             oldest_event_ms=oldest["events"],
@@ -841,20 +574,20 @@ class Buffer:
                 f"batch belongs to buffer epoch {batch.epoch}, this buffer is {self.epoch}"
             )
         for prio, _first, _last in batch.ranges:
-            if prio not in _TABLE:
+            if prio not in TABLE:
                 raise ValueError(f"unknown priority {prio} in batch ranges")
 
-    def _load_counters(self) -> _Counters:
-        return _Counters(*self._conn.execute(_SELECT_COUNTERS).fetchone())
+    def _load_counters(self) -> Counters:
+        return Counters(*self._conn.execute(_SELECT_COUNTERS).fetchone())
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[_Counters]:
+    def _write(self) -> Iterator[Counters]:
         """One write transaction. Counters are re-read under the write lock (another process,
         e.g. a maintenance tool, may have written) and cached only once COMMIT succeeded."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            counters = _Counters(*conn.execute(_SELECT_COUNTERS).fetchone())
+            counters = Counters(*conn.execute(_SELECT_COUNTERS).fetchone())
             yield counters
             conn.execute(_UPDATE_COUNTERS, counters.row())
             conn.execute("COMMIT")
@@ -866,7 +599,7 @@ class Buffer:
         self._counters = counters
         self.commits += 1
 
-    def _insert(self, c: _Counters, records: Sequence[Record]) -> list[int]:
+    def _insert(self, c: Counters, records: Sequence[Record]) -> list[int]:
         # The hot path: per record one dict lookup, one generated encoder call and two list
         # appends; rows go to SQLite as multi-row VALUES (about 1.6x executemany's rate).
         kinds = self._encode.kinds
@@ -882,7 +615,7 @@ class Buffer:
             values: list[Any] = [None] * (2 * n)
             values[0::2] = range(first, first + n)
             values[1::2] = bodies
-            self._insert_rows(_TABLE[only.priority], values, synced=True)
+            self._insert_rows(TABLE[only.priority], values, synced=True)
             c.last_seq += n
             c.bytes += sum(map(len, bodies)) + ROW_OVERHEAD * n
             if only.priority == PRIORITY_READING:
@@ -919,7 +652,7 @@ class Buffer:
         for (prio, synced), values in flat.items():
             if values:
                 width = 2 if synced else 3
-                self._insert_rows(_TABLE[prio], values, synced=synced)
+                self._insert_rows(TABLE[prio], values, synced=synced)
                 if prio == PRIORITY_READING:
                     n_readings += len(values) // width
                 else:
@@ -944,7 +677,7 @@ class Buffer:
             done += k
 
     def _delete_range(self, prio: int, first: int, last: int) -> tuple[int, int]:
-        table = _TABLE[prio]
+        table = TABLE[prio]
         count, nbytes = self._conn.execute(
             f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table} "  # noqa: S608
             "WHERE seq BETWEEN ? AND ?",
@@ -958,7 +691,7 @@ class Buffer:
         return int(count), int(nbytes) + ROW_OVERHEAD * int(count)
 
     @staticmethod
-    def _forget(c: _Counters, prio: int, count: int, nbytes: int) -> None:
+    def _forget(c: Counters, prio: int, count: int, nbytes: int) -> None:
         c.bytes -= nbytes
         if prio == PRIORITY_READING:
             c.readings -= count
@@ -975,109 +708,3 @@ class Buffer:
             severity=severity,
             data=data,
         )
-
-    def _overflow_event(self, dropped: _Dropped, reason: str) -> Event:
-        return self._own_event(
-            "agent.buffer_overflow",
-            Severity.WARNING,
-            {
-                "dropped_readings": dropped.readings,
-                "dropped_events": dropped.events,
-                "reason": reason,
-                "oldest_dropped_ms": dropped.oldest_ms,
-                "newest_dropped_ms": dropped.newest_ms,
-                "bytes_freed": dropped.bytes,
-            },
-        )
-
-    def _overflow_reserve(self) -> int:
-        """Room kept free so the overflow event itself always fits under the bound."""
-        big = -(2**63)
-        worst = _Dropped(big, big, big, big, big)
-        event = self._overflow_event(worst, "size")
-        return len(self._encode(dataclasses.replace(event, ts=big))) + ROW_OVERHEAD
-
-    def _report_drop(self, c: _Counters, dropped: _Dropped, reason: str) -> None:
-        c.dropped_readings += dropped.readings
-        c.dropped_events += dropped.events
-        self._insert(c, [self._overflow_event(dropped, reason)])
-        _log.warning(
-            "buffer.overflow",
-            reason=reason,
-            dropped_readings=dropped.readings,
-            dropped_events=dropped.events,
-            bytes_freed=dropped.bytes,
-            max_bytes=self.max_bytes,
-        )
-
-    def _enforce_size(self, c: _Counters) -> None:
-        if c.bytes + self._reserve <= self.max_bytes:
-            return
-        slack = self.max_bytes // EVICT_SLACK_DIVISOR
-        target = max(0, self.max_bytes - self._reserve - slack)
-        dropped = _Dropped()
-        for prio in (PRIORITY_READING, PRIORITY_EVENT):
-            # First spare what is in flight; only if that is not enough, drop it too.
-            for after in dict.fromkeys((self._taken.get(prio, 0), 0)):
-                need = c.bytes - target
-                if need <= 0:
-                    break
-                self._drop_oldest(c, dropped, prio, after, need)
-        if dropped.readings or dropped.events:
-            self._report_drop(c, dropped, "size")
-
-    def _drop_oldest(
-        self, c: _Counters, dropped: _Dropped, prio: int, after: int, need: int
-    ) -> None:
-        """Drop the oldest records of ``prio`` after seq ``after`` until ``need`` bytes are free."""
-        table = _TABLE[prio]
-        # Running total in seq order; SQLite streams the window, so this stops at the cut.
-        row = self._conn.execute(
-            f"SELECT seq FROM (SELECT seq, sum(length(body) + {ROW_OVERHEAD}) "  # noqa: S608
-            f"OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total FROM {table} "
-            "WHERE seq > ?) WHERE total >= ? LIMIT 1",
-            (after, need),
-        ).fetchone()
-        cut = row[0] if row is not None else _MAX_SEQ
-        count, nbytes, oldest, newest = self._conn.execute(
-            f"SELECT count(*), coalesce(sum(length(body)), 0), min({_TS}), max({_TS}) "  # noqa: S608
-            f"FROM {table} WHERE seq > ? AND seq <= ?",
-            (after, cut),
-        ).fetchone()
-        if not count:
-            return
-        self._conn.execute(f"DELETE FROM {table} WHERE seq > ? AND seq <= ?", (after, cut))  # noqa: S608
-        nbytes += ROW_OVERHEAD * count
-        self._forget(c, prio, count, nbytes)
-        dropped.add(prio, count, nbytes, oldest, newest)
-
-    def _maybe_enforce_age(self, c: _Counters) -> None:
-        if self.max_age_s is None:
-            return
-        now = time.monotonic()
-        if now < self._next_age_check:
-            return
-        self._next_age_check = now + self._age_check_interval_s
-        cutoff = now_ms() - int(self.max_age_s * 1000)
-        # Age is judged on trusted stamps only: a reading stamped before clock sync (a gateway
-        # without RTC boots in 1970) is kept until corrected, then aged normally. Only the old
-        # prefix is visited: the scan stops at the first trusted young reading.
-        row = self._conn.execute(
-            f"SELECT seq FROM readings WHERE boot IS NULL AND {_TS} >= ? "  # noqa: S608
-            "ORDER BY seq LIMIT 1",
-            (cutoff,),
-        ).fetchone()
-        limit = row[0] if row is not None else _MAX_SEQ
-        count, nbytes, oldest, newest = self._conn.execute(
-            f"SELECT count(*), coalesce(sum(length(body)), 0), min({_TS}), max({_TS}) "  # noqa: S608
-            "FROM readings WHERE seq < ? AND boot IS NULL",
-            (limit,),
-        ).fetchone()
-        if not count:
-            return
-        self._conn.execute("DELETE FROM readings WHERE seq < ? AND boot IS NULL", (limit,))
-        nbytes += ROW_OVERHEAD * count
-        self._forget(c, PRIORITY_READING, count, nbytes)
-        dropped = _Dropped()
-        dropped.add(PRIORITY_READING, count, nbytes, oldest, newest)
-        self._report_drop(c, dropped, "age")

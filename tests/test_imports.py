@@ -83,3 +83,39 @@ def test_the_core_names_no_driver() -> None:
         if module.startswith("drivers.")
     ]
     assert problems == []
+
+
+def test_the_buffer_stands_alone() -> None:
+    # Of the agent, the buffer knows the records only: no config, no pydantic.
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: imports {module}"
+        for path in sorted((ROOT / "buffer").rglob("*.py"))
+        for line, module in imports(path)
+        if _inside(module, ("agent", "drivers", "reference_platform")) and module != "agent.records"
+    ]
+    assert problems == []
+
+
+def test_importing_the_buffer_loads_no_pydantic() -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import buffer"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in run.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "buffer" in loaded
+    assert "agent.records" in loaded
+    heavy = sorted(
+        m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml", "drivers")
+    )
+    assert heavy == []
+    assert not [m for m in loaded if m.startswith("agent.config")]

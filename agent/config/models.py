@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from buffer.durability import Durability
+
 __all__ = [
     "EVENT_TYPE",
     "IDENT",
@@ -94,13 +96,6 @@ class Gateway(StrictModel):
             hint = f"did you mean {close[0]!r}?" if close else "an IANA name such as Asia/Shanghai"
             raise ValueError(f"unknown timezone {value!r} ({hint})") from None
         return value
-
-
-class Durability(enum.StrEnum):
-    FULL = "full"
-    """fsync on every commit: survives a power cut (the default)."""
-    NORMAL = "normal"
-    """WAL without fsync per commit: survives a crash, may lose the last commits on power loss."""
 
 
 class BufferConfig(StrictModel):
