@@ -17,18 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.records import boot_id
+
 __all__ = ["Clock", "boot_id", "kernel_clock_synced"]
 
 _TIME_ERROR = 5
 _TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")
-
-
-def boot_id() -> str:
-    """The kernel's id of this boot; monotonic time is only comparable within one boot."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def kernel_clock_synced() -> bool | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -24,6 +25,7 @@ __all__ = [
     "Severity",
     "Status",
     "StatusState",
+    "boot_id",
     "decode_record",
     "encode_record",
     "now_ms",
@@ -61,6 +63,14 @@ class StatusState(enum.StrEnum):
 # so a week of meter readings never delays a door-forced alarm.
 PRIORITY_EVENT = 0
 PRIORITY_READING = 1
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot; monotonic time is only comparable within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return "unknown"
 
 
 def now_ms() -> int:

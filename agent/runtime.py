@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, backoff
 from agent.availability import Availability
 from agent.bus import Priority, priority
 from agent.clock import Clock
@@ -196,8 +195,9 @@ class Runtime:
                         offline.append(status)
                 if offline:
                     await self.sink(offline)
-                delay = min(2.0 ** min(restarts - 1, 10), _RESTART_BACKOFF_MAX_S)
-                delay *= random.uniform(0.8, 1.2)
+                delay = backoff.spread(
+                    backoff.delay(restarts - 1, first_s=1.0, cap_s=_RESTART_BACKOFF_MAX_S), 0.2
+                )
                 self.log.error(
                     "task.crashed",
                     task=name,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from agent import backoff
 from agent.bus import BusHandle, Priority, priority, waiting_time
 from agent.driver import BusError, DeviceError, PolledDriver
 from agent.records import Record
@@ -95,8 +96,10 @@ class PolledDevice:
         over = self.state.consecutive_failures - self.device.offline_after
         if over < 0:
             return self.device.interval_s
-        wait = min(self.device.interval_s * 2.0 ** (over + 1), self.device.backoff_max_s)
-        return max(self.device.interval_s, wait) * random.uniform(0.9, 1.1)
+        wait = backoff.delay(
+            over + 1, first_s=self.device.interval_s, cap_s=self.device.backoff_max_s
+        )
+        return backoff.spread(max(self.device.interval_s, wait), 0.1)
 
     async def _ensure_started(self) -> None:
         if not self._started:

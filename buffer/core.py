@@ -46,6 +46,7 @@ from agent.records import (
     Severity,
     now_ms,
 )
+from agent.records import boot_id as records_boot_id
 
 from ._encode import RecordEncoder
 from ._meta import ROW_OVERHEAD, TABLE, TS, Counters
@@ -117,13 +118,6 @@ class BufferClosedError(RuntimeError):
 
 class BufferUnreadableError(RuntimeError):
     """A read-only inspection could not read the file as a buffer (corrupt, foreign, old)."""
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    except OSError:
-        return "unknown"
 
 
 class Buffer(Eviction):
@@ -231,7 +225,7 @@ class Buffer(Eviction):
                 max_age_s=max_age_s,
                 durability=mode,
                 source=source,
-                boot_id=boot_id if boot_id is not None else _boot_id(),
+                boot_id=boot_id if boot_id is not None else records_boot_id(),
                 clock_synced=clock_synced,
                 recovered_from=recovered_from,
                 read_only=False,

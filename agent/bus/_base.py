@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from agent import backoff
 from agent.driver import BusError
 from agent.records import Event, Severity
 
@@ -163,7 +164,7 @@ class BusHandle:
         self.down_error: str | None = None
         self.since_ms: int | None = None
         self._retry_at = 0.0
-        self._retry_delay = 0.0
+        self._failed_opens = 0
         self.busy_s = 0.0
         """Total time turns were held: divided by wall time, the bus's utilisation."""
         self.counters: collections.Counter[str] = collections.Counter()
@@ -238,13 +239,12 @@ class BusHandle:
         """The bus failed: ``retry_now`` for a connection that broke (try again at once), else
         the next attempt waits longer each time (0.5 s doubling to 10 s)."""
         if retry_now:
-            self._retry_delay = 0.0
+            self._failed_opens = 0
             self._retry_at = 0.0
         else:
-            self._retry_delay = (
-                min(self._retry_delay * 2, _RETRY_MAX_S) if self._retry_delay else _RETRY_FIRST_S
-            )
-            self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
+            wait = backoff.delay(self._failed_opens, first_s=_RETRY_FIRST_S, cap_s=_RETRY_MAX_S)
+            self._failed_opens += 1
+            self._retry_at = asyncio.get_running_loop().time() + wait
         self.down_reason, self.down_error = reason, error
         self.counters[reason] += 1
         if self.state != "down":
@@ -256,7 +256,7 @@ class BusHandle:
     def link_up(self) -> None:
         """The bus works. A transition (and an event) only when it was down: the first open
         of a bus is not news."""
-        self._retry_delay = 0.0
+        self._failed_opens = 0
         before, self.state = self.state, "up"
         if before == "up":
             return

@@ -37,6 +37,7 @@ import yarl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDict
 
+from agent import backoff
 from agent.config.models import Gateway, HttpUplink
 from agent.driver import CommandError
 from agent.state import UplinkState
@@ -468,9 +469,12 @@ class HttpUplinkClient:
         return outcome
 
     def _backoff_delay(self, failures: int, retry_after_s: float | None) -> float:
-        exponent = min(max(failures - 1, 0), 30)
-        ceiling = min(self._config.backoff_cap_s, self._backoff_base_s * 2**exponent)
-        delay = self._rng.uniform(0, ceiling)
+        delay = backoff.full_jitter(
+            failures - 1,
+            first_s=self._backoff_base_s,
+            cap_s=self._config.backoff_cap_s,
+            rng=self._rng,
+        )
         if retry_after_s is not None:
             delay = max(delay, retry_after_s)
         return delay
