@@ -21,10 +21,10 @@ EX_CONFIG = 78
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.app import App  # noqa: PLC0415
     from agent.config.errors import ConfigError  # noqa: PLC0415
     from agent.config.loader import load_config  # noqa: PLC0415
     from agent.logs import configure_logging, get_logger  # noqa: PLC0415
-    from agent.runtime import Runtime  # noqa: PLC0415
     from agent.systemd import Notifier, watchdog_interval  # noqa: PLC0415
 
     try:
@@ -38,14 +38,14 @@ def _run(args: argparse.Namespace) -> int:
     notifier = Notifier()
 
     async def main() -> int:
-        runtime = Runtime(
+        app = App(
             config,
             config_path=Path(args.config),
             loader=load_config,
             notifier=notifier,
             watchdog_s=watchdog_interval(),
         )
-        return await runtime.run()
+        return await app.run()
 
     try:
         return asyncio.run(main())

@@ -65,8 +65,8 @@ def write_demo_config(
 
 
 async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -> int:
+    from agent.app import App  # noqa: PLC0415
     from agent.config.loader import load_config  # noqa: PLC0415
-    from agent.runtime import Runtime  # noqa: PLC0415
     from agent.uplink.reference_platform import (  # noqa: PLC0415
         build_app,
         load_command_key,
@@ -91,12 +91,12 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
         config_path, _ = write_demo_config(
             state, port, web_listen=web_listen, password_hash=hash_password(password)
         )
-        runtime = Runtime(load_config(config_path), config_path=config_path, loader=load_config)
-        await runtime.start()
+        agent_app = App(load_config(config_path), config_path=config_path, loader=load_config)
+        await agent_app.start()
         base = f"http://127.0.0.1:{port}"
         auth = f'-H "Authorization: Bearer {admin_token}"'
         door_command = "door-b3-unit1 output.set on=true"
-        page = runtime.web.urls[0] if runtime.web is not None else "(off: see the log)"
+        page = agent_app.web.urls[0] if agent_app.web is not None else "(off: see the log)"
         print(
             f"""
 edge-agent demo: simulated devices -> durable buffer -> reference platform
@@ -118,7 +118,7 @@ Ctrl-C stops the demo cleanly.
             file=out,
             flush=True,
         )
-        return await runtime.run(started=True)
+        return await agent_app.run(started=True)
     finally:
         await runner.cleanup()
 

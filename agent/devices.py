@@ -204,6 +204,7 @@ class Devices:
             health=DeviceHealth(self._availability, self._push, ids),
             inventory_changed=self._inventory_changed,
             shared=self.shared,
+            counters={i: self._state.devices[i].driver_counters for i in ids},
         )
 
     def _make_driver(self, unit: Unit) -> Any:

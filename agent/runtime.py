@@ -16,14 +16,13 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent import __version__, backoff
 from agent.availability import Availability
 from agent.bus import Priority, priority
 from agent.clock import Clock
 from agent.config.models import AgentConfig, Bus
-from agent.control import ControlServer
 from agent.devices import DeviceEntry, Devices
 from agent.driver import CommandError, CommandHandler, DeviceError, GatewayIdentity
 from agent.ingest import IngestQueue
@@ -34,7 +33,16 @@ from agent.systemd import Notifier, watchdog_loop
 from buffer import AsyncBuffer
 from drivers import DRIVERS
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "Service"]
+
+
+class Service(Protocol):
+    """Something the agent serves beside its main job (the control socket, the page)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 _RESTART_BACKOFF_MAX_S = 60.0
 BUFFER_CHECK_ANNOUNCE_BYTES = 64 * 2**20
@@ -91,11 +99,11 @@ class Runtime:
         )
         self._stop = asyncio.Event()
         self.uplink: Any = None
-        self.control: ControlServer | None = None
+        self.services: list[Service] = []
+        """Started in order after the devices and the uplink, closed in reverse first at stop:
+        the control socket and the page (:mod:`agent.app` puts them here)."""
         self._unwritable_since: int | None = None
         self._lost_at_failure = 0
-        self.web: Any = None
-        """The diagnostic page (:class:`agent.web.server.WebServer`) while it is served."""
 
     # ---------------------------------------------------------------- records
 
@@ -168,6 +176,11 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """A long-lived task, supervised: one sqlite error in the buffer's figures must not
+        freeze them for good."""
+        self._spawn(name, self._supervise(name, body))
+
     async def _supervise(
         self,
         name: str,
@@ -232,6 +245,16 @@ class Runtime:
 
     def busy_figures(self) -> dict[str, float]:
         return self._devices.busy_figures()
+
+    def device_commands(self, device: str) -> Mapping[str, str]:
+        entry = self.devices.get(device)
+        if entry is None or not isinstance(entry.driver, CommandHandler):
+            return {}
+        return {s.action: s.description for s in entry.driver.command_specs()}
+
+    def can_test_read(self, device: str) -> bool:
+        entry = self.devices.get(device)
+        return entry is not None and entry.poller is not None
 
     def _inventory_changed(self) -> None:
         if self.uplink is not None:
@@ -459,7 +482,7 @@ class Runtime:
             await self.event("agent.uplink_misconfigured", Severity.ALARM, error=str(exc))
             return
         uplink = self.uplink
-        self._spawn("uplink[http]", self._supervise("uplink[http]", uplink.run))
+        self._keep("uplink[http]", uplink.run)
 
     async def _stop_uplink(self) -> None:
         if self.uplink is None:
@@ -581,24 +604,16 @@ class Runtime:
             clock_synced=self.clock.synced,
         )
         await self.event("agent.started", version=__version__, epoch=self.buffer.epoch)
-        self._spawn("buffer-figures", self._refresh_buffer_figures())
+        self._keep("buffer-figures", self._refresh_buffer_figures)
         if not self.clock.synced:
             self.log.warning("clock.unsynced", hint="records are marked ts_synced=false until NTP")
-            self._spawn("clock-watch", self.clock.watch(self._clock_synced))
-        self._spawn("ingest", self._supervise("ingest", self.ingest.run))
-        self._spawn("stale-watch", self._supervise("stale-watch", self.availability.watch_stale))
+            self._keep("clock-watch", lambda: self.clock.watch(self._clock_synced))
+        self._keep("ingest", self.ingest.run)
+        self._keep("stale-watch", self.availability.watch_stale)
         await self._start_uplink()
         self._devices.start(cfg, cfg.devices)
-        self.control = ControlServer(self.control_path(cfg), self.execute_command, self.run_tool)
-        try:
-            await self.control.start()
-        except OSError as exc:
-            # On-site commands are a convenience; the agent's main job goes on without them.
-            self.log.error("control.unavailable", path=str(self.control.path), error=str(exc))
-            self.control = None
-        from agent.web.server import start_web  # noqa: PLC0415 - aiohttp only when it runs
-
-        self.web = await start_web(self)
+        for service in self.services:
+            await service.start()
 
     @staticmethod
     def control_path(config: AgentConfig) -> Path:
@@ -608,11 +623,9 @@ class Runtime:
         self.log.info("agent.stopping")
         if self._notifier is not None:
             self._notifier.stopping()
-        if self.control is not None:
-            await self.control.close()
-        if self.web is not None:
-            await self.web.close()
-            self.web = None
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await service.close()
         await self._devices.stop()
         await self._stop_uplink()
         for task in list(self._tasks):

@@ -107,6 +107,11 @@ class DeviceState:
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     """Failures by reason (timeout, crc_error, exception_02, ...)."""
     restarts: int = 0
+    driver_counters: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    """What the driver counts finer than the scheduler (``ctx.counters``): Modbus requests,
+    partial reads, plan splits..."""
     next_poll_in_s: float | None = None
     points: dict[str, PointValue] = dataclasses.field(default_factory=dict)
     history: dict[str, PointHistory] = dataclasses.field(default_factory=dict)

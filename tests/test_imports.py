@@ -119,3 +119,122 @@ def test_importing_the_buffer_loads_no_pydantic() -> None:
     )
     assert heavy == []
     assert not [m for m in loaded if m.startswith("agent.config")]
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def top_level_imports(path: Path) -> list[str]:
+    """Imports that run when the module is imported: not inside a function, not only for the
+    type checker."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[str] = []
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.append(node.module)
+                found.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If):
+                test = node.test
+                if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
+                    visit(node.orelse)
+                else:
+                    visit(node.body)
+                    visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(tree.body)
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    modules = {
+        module_name(p, root): p
+        for package in PROJECT
+        if (root / package).is_dir()
+        for p in (root / package).rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for imported in top_level_imports(path):
+            # "from agent.bus import SerialLine" names a module only if agent.bus.SerialLine is one.
+            target = imported
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                connect(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_cycle_between_modules() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_check_finds_one(tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "__init__.py").write_text("")
+    (tmp_path / "agent" / "a.py").write_text("from agent.b import x\n")
+    (tmp_path / "agent" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nimport agent.c\nif TYPE_CHECKING:\n    import agent.a\n"
+    )
+    (tmp_path / "agent" / "c.py").write_text("def f():\n    import agent.a\nimport agent.a\n")
+    assert cycles(import_graph(tmp_path)) == [["agent.a", "agent.b", "agent.c"]]
+
+
+def test_the_runtime_never_imports_the_page_or_the_platform() -> None:
+    core = ["runtime", "devices", "scheduler", "availability", "ingest", "supervisor", "sink"]
+    problems = [
+        f"agent/{name}.py:{line}: imports {module}"
+        for name in core
+        if (ROOT / "agent" / f"{name}.py").exists()
+        for line, module in imports(ROOT / "agent" / f"{name}.py")
+        if _inside(module, ("agent.web", "agent.uplink.reference_platform", "reference_platform"))
+    ]
+    assert problems == []

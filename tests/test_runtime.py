@@ -373,3 +373,39 @@ async def test_a_full_disk_loses_no_accepted_record_and_polling_goes_on(tmp_path
     assert reports[0]["records_lost"] <= lost
     assert reports[0]["records_lost"] >= 20
     assert "full" in reports[0]["error"]
+
+
+async def test_the_buffer_figures_survive_an_sqlite_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    runtime = Runtime(
+        load_config(write_config(tmp_path, [sim_device("m", interval_s=0.1)])),
+        clock=Clock("always"),
+    )
+    await runtime.start()
+    try:
+        assert runtime.buffer is not None
+        real = runtime.buffer.stats
+        failures = [sqlite3.OperationalError("disk I/O error")]
+
+        async def flaky() -> Any:
+            if failures:
+                raise failures.pop()
+            return await real()
+
+        runtime.buffer.stats = flaky  # type: ignore[method-assign]
+        runtime.state.buffer.records = -1
+        deadline = time.monotonic() + 30
+        while runtime.state.buffer.records <= 0:
+            assert time.monotonic() < deadline, "the figures stopped for good"
+            await asyncio.sleep(0.05)
+        assert not failures
+        assert runtime.state.task_restarts >= 1
+    finally:
+        await runtime.shutdown()
+    crashed = [
+        r["data"]["task"]
+        for r in buffer_records(tmp_path / "buffer.db")
+        if r.get("type") == "agent.task_crashed"
+    ]
+    assert "buffer-figures" in crashed

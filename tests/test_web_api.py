@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import re
@@ -152,7 +151,7 @@ async def test_device_detail_history_and_events(tmp_path: Path) -> None:
         assert any(e["type"] == "status.online" for e in detail["events"])
         # A driver that counts finer than the scheduler (Modbus: partial reads, CRC errors per
         # request) has its counters shown as they are.
-        runtime.devices["meter-1"].driver.counters = collections.Counter(crc_error=2)
+        runtime.state.devices["meter-1"].driver_counters.update(crc_error=2)
         detail = await client.api("/api/devices/meter-1")
         assert detail["driver_counters"] == {"crc_error": 2}
         history = await client.api("/api/devices/meter-1/history")

@@ -25,6 +25,7 @@ from test_web_support import (
     default_devices,
     password_hash,
     running_agent,
+    web_of,
     web_section,
 )
 
@@ -38,9 +39,9 @@ ENV_SECRET = "env-SECRET-8a7c6b5d4e"
 
 def _routes(runtime: Runtime) -> list[tuple[str, str]]:
     """Every route of the app, with a real device id where the path takes one."""
-    assert runtime.web is not None
+    assert web_of(runtime) is not None
     routes = []
-    for route in runtime.web.app.router.routes():
+    for route in web_of(runtime).app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
         if route.method == "HEAD" or path is None:
@@ -317,7 +318,7 @@ async def test_metrics_open_or_behind_a_login(tmp_path: Path) -> None:
 
 async def test_no_users_no_page(tmp_path: Path) -> None:
     async with running_agent(tmp_path, web={"listen": "127.0.0.1:0"}) as runtime:
-        assert runtime.web is None
+        assert web_of(runtime) is None
     # With /metrics open, the server runs for it alone; the login page says why it is off.
     web_cfg = {"listen": "127.0.0.1:0", "metrics": "open"}
     async with (
@@ -339,7 +340,7 @@ async def test_a_busy_port_does_not_stop_the_agent(tmp_path: Path) -> None:
     port = runner.addresses[0][1]
     try:
         async with running_agent(tmp_path, web=web_section(listen=f"127.0.0.1:{port}")) as rt:
-            assert rt.web is None
+            assert web_of(rt) is None
             assert rt.state.devices["meter-1"].reads >= 1
     finally:
         await runner.cleanup()
@@ -379,10 +380,10 @@ async def test_https_marks_cookies_secure(tmp_path: Path) -> None:
     cert_file, key_file = _self_signed(tmp_path)
     tls = {"cert_file": str(cert_file), "key_file": str(key_file)}
     async with running_agent(tmp_path, web=web_section(tls=tls)) as runtime:
-        assert runtime.web is not None
-        assert runtime.web.urls == [f"https://127.0.0.1:{runtime.web.port}/"]
+        assert web_of(runtime) is not None
+        assert web_of(runtime).urls == [f"https://127.0.0.1:{web_of(runtime).port}/"]
         trust = ssl.create_default_context(cafile=str(cert_file))
-        url = f"https://127.0.0.1:{runtime.web.port}"
+        url = f"https://127.0.0.1:{web_of(runtime).port}"
         async with WebClient(url, ssl_context=trust) as client:
             await client.login_token()
             response = await client.try_login("tech", TECH_PASSWORD)

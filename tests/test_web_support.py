@@ -17,6 +17,7 @@ from typing import Any, Self
 import aiohttp
 from agent_proc import sim_device, write_config
 
+from agent.app import App
 from agent.clock import Clock
 from agent.config.loader import load_config
 from agent.runtime import Runtime
@@ -110,13 +111,13 @@ async def running_agent(
         **sections,
     )
     notifier = _Notifier()
-    runtime = Runtime(
+    runtime = App(
         load_config(path),
         config_path=path,
         loader=load_config,
         clock=Clock("always"),
         notifier=notifier,
-    )
+    ).runtime
     task = asyncio.create_task(runtime.run(install_signals=False))
     try:
         await wait_until(
@@ -141,9 +142,18 @@ async def running_agent(
         await asyncio.wait_for(task, 30)
 
 
+def web_of(runtime: Runtime) -> Any:
+    """The page's server that the agent's composition root gave this runtime (or None)."""
+    from agent.app import PageService
+
+    [page] = [s for s in runtime.services if isinstance(s, PageService)]
+    return page.server
+
+
 def base_url(runtime: Runtime) -> str:
-    assert runtime.web is not None, "the web page did not start"
-    return f"http://127.0.0.1:{runtime.web.port}"
+    web = web_of(runtime)
+    assert web is not None, "the web page did not start"
+    return f"http://127.0.0.1:{web.port}"
 
 
 class WebClient:

@@ -20,6 +20,7 @@ Optional abilities are small protocols, each checked with ``isinstance``:
 
 from __future__ import annotations
 
+import collections
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,10 @@ class DriverContext:
     inventory_changed: Callable[[], None]
     """Say that what :class:`InventoryProvider` reports has changed: the core sends it again."""
     shared: SharedResources = field(repr=False)
+    counters: Mapping[str, collections.Counter[str]] = field(repr=False, default_factory=dict)
+    """Per device: what the driver counts finer than the scheduler sees (a Modbus read that
+    half failed, a plan split). The page and ``/metrics`` show them; nobody reaches into the
+    driver for them."""
 
     @property
     def device(self) -> DeviceConfig:

@@ -17,6 +17,7 @@ in :attr:`Standalone.health`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,8 @@ class Standalone:
         self.records: list[Record] = []
         self.health: dict[str, tuple[str, str | None]] = {}
         self.inventory_changes = 0
+        self.counters: dict[str, collections.Counter[str]] = {}
+        """What each device's driver counted (``ctx.counters``)."""
         self.shared = SharedStore()
         self.buses: dict[str, SerialLine | TcpHost] = {
             b.id: open_bus(b, on_link=self._link_changed) for b in buses
@@ -114,6 +117,7 @@ class Standalone:
             health=_Health(self, owned),
             inventory_changed=self._inventory_changed,
             shared=self.shared,
+            counters={d.id: self.counters.setdefault(d.id, collections.Counter()) for d in devices},
         )
 
     def events(self, type_: str) -> list[Event]:

@@ -23,13 +23,13 @@ import yaml
 
 from agent.config.errors import ConfigError
 from agent.config.secrets import REDACTED, redact
-from agent.driver import CommandHandler, Health
+from agent.driver import Health
 from agent.records import Event, Status, now_ms
 
 if TYPE_CHECKING:
     from agent.config.models import AgentConfig, DeviceConfig, Location
-    from agent.runtime import Runtime
     from agent.state import DeviceState
+    from agent.view import AgentView
 
 __all__ = [
     "HEALTH_ORDER",
@@ -92,7 +92,7 @@ class Probes:
     DISK_TTL_S = 5.0
     CONFIG_TTL_S = 10.0
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: AgentView) -> None:
         self._runtime = runtime
         self._disk: dict[str, Any] = {}
         self._disk_at = -1e9
@@ -208,7 +208,7 @@ def _health_counts(states: Iterable[DeviceState], disabled: int) -> dict[str, in
     }
 
 
-def status_payload(runtime: Runtime, probes: Probes, throughput: Throughput) -> dict[str, Any]:
+def status_payload(runtime: AgentView, probes: Probes, throughput: Throughput) -> dict[str, Any]:
     state = runtime.state
     cfg = runtime.config
     gw = cfg.gateway
@@ -339,7 +339,7 @@ def _matches(summary: Mapping[str, Any], query: str) -> bool:
 
 
 def devices_payload(
-    runtime: Runtime, *, query: str = "", health: str = "", sort: bool = True
+    runtime: AgentView, *, query: str = "", health: str = "", sort: bool = True
 ) -> dict[str, Any]:
     states = runtime.state.devices
     items = [device_summary(d, states.get(d.id)) for d in runtime.config.devices]
@@ -353,17 +353,13 @@ def devices_payload(
     return {"now_ms": now_ms(), "devices": items}
 
 
-def _commands(runtime: Runtime, device: DeviceConfig) -> list[dict[str, Any]]:
-    entry = runtime.devices.get(device.id)
-    specs = {}
-    if entry is not None and isinstance(entry.driver, CommandHandler):
-        specs = {s.action: s.description for s in entry.driver.command_specs()}
+def _commands(runtime: AgentView, device: DeviceConfig) -> list[dict[str, Any]]:
+    specs = runtime.device_commands(device.id)
     return [{"action": a, "description": specs.get(a)} for a in device.commands]
 
 
-def device_detail(runtime: Runtime, device: DeviceConfig) -> dict[str, Any]:
+def device_detail(runtime: AgentView, device: DeviceConfig) -> dict[str, Any]:
     state = runtime.state.devices.get(device.id)
-    entry = runtime.devices.get(device.id)
     points = []
     if state is not None:
         points = [
@@ -401,17 +397,17 @@ def device_detail(runtime: Runtime, device: DeviceConfig) -> dict[str, Any]:
                 else None
             ),
         },
-        # Drivers may count finer than the scheduler sees (a Modbus read that half failed):
-        # whatever Counter a driver exposes as ``counters`` is shown as it is.
-        "driver_counters": dict(getattr(entry.driver, "counters", {}) if entry else {}),
+        # Drivers may count finer than the scheduler sees (a Modbus read that half failed): what
+        # they push into the device's state is shown as it is.
+        "driver_counters": dict(state.driver_counters) if state is not None else {},
         "points": points,
         "events": events,
         "commands": _commands(runtime, device),
-        "can_test_read": entry is not None and entry.poller is not None,
+        "can_test_read": runtime.can_test_read(device.id),
     }
 
 
-def device_history(runtime: Runtime, device_id: str) -> dict[str, Any]:
+def device_history(runtime: AgentView, device_id: str) -> dict[str, Any]:
     from agent.state import PointHistory  # noqa: PLC0415 - avoid a cycle at import time
 
     state = runtime.state.devices.get(device_id)
@@ -466,7 +462,7 @@ def event_dict(record: Event | Status) -> dict[str, Any]:
 
 
 def events_payload(
-    runtime: Runtime, *, type_: str = "", device: str = "", limit: int = 200
+    runtime: AgentView, *, type_: str = "", device: str = "", limit: int = 200
 ) -> dict[str, Any]:
     records = list(runtime.state.recent_events)
     types = sorted({event_dict(r)["type"] for r in records})

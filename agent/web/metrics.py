@@ -15,7 +15,7 @@ from agent.driver import Health
 from agent.records import now_ms
 
 if TYPE_CHECKING:
-    from agent.runtime import Runtime
+    from agent.view import AgentView
     from agent.web._data import Probes
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
@@ -63,7 +63,7 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render_metrics(runtime: Runtime, probes: Probes) -> str:
+def render_metrics(runtime: AgentView, probes: Probes) -> str:
     state = runtime.state
     cfg = runtime.config
     w = _Writer()

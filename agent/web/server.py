@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import structlog
 
     from agent.config.models import DeviceConfig, WebConfig, WebUser
-    from agent.runtime import Runtime
+    from agent.view import AgentView
 
 __all__ = ["WebServer", "start_web"]
 
@@ -137,7 +137,7 @@ class _Static:
 class WebServer:
     """The diagnostic page of one running agent. ``start`` binds, ``close`` stops."""
 
-    def __init__(self, runtime: Runtime, config: WebConfig | None = None) -> None:
+    def __init__(self, runtime: AgentView, config: WebConfig | None = None) -> None:
         self.runtime = runtime
         self.config = config or runtime.config.web
         self.log: structlog.typing.FilteringBoundLogger = runtime.log.bind(task="web")
@@ -762,8 +762,9 @@ class _ThrottledError(Exception):
         self.retry_after = retry_after
 
 
-async def start_web(runtime: Runtime) -> WebServer | None:
-    """Start the page as the config says; None (and a log line saying why) when it stays off.
+async def start_web(runtime: AgentView) -> WebServer | None:
+    """Start the page as the config says (``web.enabled`` is the caller's, :mod:`agent.app`);
+    None (and a log line saying why) when it stays off.
 
     There is no default password: without users the page does not start (unless /metrics is
     open, which then is all it serves). A port already in use is logged, not fatal: the agent's
@@ -771,9 +772,6 @@ async def start_web(runtime: Runtime) -> WebServer | None:
     """
     config = runtime.config.web
     log = runtime.log.bind(task="web")
-    if not config.enabled:
-        log.info("web.disabled", hint="web.enabled is false")
-        return None
     if not config.users and config.metrics != "open":
         log.warning(
             "web.off",

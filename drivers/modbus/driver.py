@@ -148,8 +148,9 @@ class ModbusDriver:
         self.plan: list[Request] = plan_reads(
             self._items(range(len(self.points))), self.limits, self._cost
         )
-        self.counters: collections.Counter[str] = collections.Counter()
-        """Per-device figures: requests, timeouts, crc_error, exception_02, partial_reads..."""
+        self.counters: collections.Counter[str] = ctx.counters.get(config.id, collections.Counter())
+        """Per-device figures, pushed into the device's state: requests, timeouts, crc_error,
+        exception_02, partial_reads..."""
         self._link: ModbusLink | None = None
         self._last: dict[int, _Last] = {}
         self._bad_points: frozenset[str] = frozenset()
