@@ -99,7 +99,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _reference_platform(args: argparse.Namespace) -> int:
-    from agent.uplink.reference_platform import main as platform_main  # noqa: PLC0415
+    from reference_platform import main as platform_main  # noqa: PLC0415
 
     code: int = platform_main(args.rest)
     return code

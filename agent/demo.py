@@ -67,13 +67,13 @@ def write_demo_config(
 async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -> int:
     from agent.app import App  # noqa: PLC0415
     from agent.config.loader import load_config  # noqa: PLC0415
-    from agent.uplink.reference_platform import (  # noqa: PLC0415
+    from agent.web import hash_password  # noqa: PLC0415
+    from reference_platform import (  # noqa: PLC0415
         build_app,
         load_command_key,
         load_keys,
         start_site,
     )
-    from agent.web import hash_password  # noqa: PLC0415
 
     gateway_id = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))["gateway"]["id"]
     admin_token = secrets.token_urlsafe(18)

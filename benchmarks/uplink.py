@@ -71,7 +71,7 @@ def start_platform(tmp: Path, durability: str) -> tuple[subprocess.Popen[str], i
         [
             sys.executable,
             "-m",
-            "agent.uplink.reference_platform",
+            "reference_platform",
             "--listen",
             "127.0.0.1:0",
             "--db",

@@ -46,6 +46,9 @@ class PlatformProcess:
                 self.token,
                 "--durability",
                 "normal",
+                # Contract mode: every body must match docs/openapi.yaml as well.
+                "--contract",
+                str(ROOT / "docs" / "openapi.yaml"),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -235,6 +235,16 @@ def test_the_runtime_never_imports_the_page_or_the_platform() -> None:
         for name in core
         if (ROOT / "agent" / f"{name}.py").exists()
         for line, module in imports(ROOT / "agent" / f"{name}.py")
-        if _inside(module, ("agent.web", "agent.uplink.reference_platform", "reference_platform"))
+        if _inside(module, ("agent.web", "reference_platform"))
+    ]
+    assert problems == []
+
+
+def test_the_reference_platform_imports_only_the_wire_contract() -> None:
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: imports {module}"
+        for path in sorted((ROOT / "reference_platform").rglob("*.py"))
+        for line, module in imports(path)
+        if _inside(module, ("agent", "drivers", "buffer")) and module != "agent.uplink.wire"
     ]
     assert problems == []

@@ -28,14 +28,14 @@ from test_uplink_support import (
     signed,
 )
 
-from agent.uplink.auth import (
+from agent.uplink.wire import (
     canonical_command,
     load_ed25519_public_key,
     parse_http_date_ms,
     sign_command,
     verify_command,
 )
-from agent.uplink.reference_platform import build_app, load_keys, parse_keys
+from reference_platform import build_app, load_keys, parse_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = f"/v1/gateways/{GW}/records"
@@ -111,7 +111,7 @@ async def test_bad_requests_are_rejected(
 def signed_headers_for(body: bytes) -> dict[str, str]:
     from test_uplink_support import KEY_ID, SECRET
 
-    from agent.uplink.auth import signature_headers
+    from agent.uplink.wire import signature_headers
 
     return signature_headers(
         KEY_ID, SECRET.encode(), "POST", RECORDS, int(time.time() * 1000), body
@@ -126,7 +126,7 @@ async def test_query_string_is_part_of_the_signature(tmp_path: Path) -> None:
         # Signed without the query, sent with it: rejected.
         from test_uplink_support import KEY_ID, SECRET
 
-        from agent.uplink.auth import signature_headers
+        from agent.uplink.wire import signature_headers
 
         hdrs = signature_headers(
             KEY_ID,

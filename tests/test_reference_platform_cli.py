@@ -1,4 +1,4 @@
-"""``python -m agent.uplink.reference_platform`` as a real process: start, serve, stop."""
+"""``python -m reference_platform`` as a real process: start, serve, stop."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import yaml
 from test_uplink_support import GW, KEY_ID, KEYS, SECRET, reading, signed
 from test_uplink_tls import CA, _write_cert
 
-from agent.uplink.auth import sha256_hex, sign_request
-from agent.uplink.reference_platform import main
+from agent.uplink.wire import sha256_hex, sign_request
+from reference_platform import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def platform_process(tmp_path: Path, *extra: str) -> Iterator[tuple[dict[str, An
         [
             sys.executable,
             "-m",
-            "agent.uplink.reference_platform",
+            "reference_platform",
             "--listen",
             "127.0.0.1:0",
             "--db",

@@ -31,10 +31,10 @@ from agent.driver import CommandError
 from agent.records import Event, Reading, Record, Severity, Status, StatusState
 from agent.state import UplinkState
 from agent.uplink import Uplink
-from agent.uplink.auth import sign_command
 from agent.uplink.http import HttpUplinkClient, UplinkConfigError
-from agent.uplink.reference_platform import public_pem
+from agent.uplink.wire import sign_command
 from buffer import AsyncBuffer
+from reference_platform import public_pem
 
 GATEWAY = Gateway(id=GW, community=Community(code="350102001001", name="东街社区"))
 

@@ -20,14 +20,15 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from agent.uplink.auth import signature_headers
-from agent.uplink.reference_platform import (
+from agent.uplink.wire import signature_headers
+from reference_platform import (
     PLATFORM,
     Fault,
     ReferencePlatform,
     build_app,
     start_site,
 )
+from reference_platform.contract import OpenApiContract
 
 GW = "gw-0001"
 KEY_ID = "gw-0001-k1"
@@ -117,8 +118,14 @@ async def running_platform(
     clock: Callable[[], float] = time.time,
     durability: str = "normal",
 ) -> AsyncIterator[Platform]:
+    # Contract mode: every body the agent (or a test) sends must match docs/openapi.yaml too.
     app = build_app(
-        tmp_path / "platform.db", KEYS, admin_token=ADMIN, durability=durability, clock=clock
+        tmp_path / "platform.db",
+        KEYS,
+        admin_token=ADMIN,
+        durability=durability,
+        clock=clock,
+        contract=OpenApiContract(),
     )
     runner, port = await start_site(app, "127.0.0.1", 0, ssl_context=ssl_context)
     async with aiohttp.ClientSession() as session:

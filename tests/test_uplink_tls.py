@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_uplink import readings, running_agent
 from test_uplink_support import Platform, running_platform, wait_for
 
-from agent.uplink.reference_platform import server_ssl_context
+from reference_platform import server_ssl_context
 
 Key = ec.EllipticCurvePrivateKey
 

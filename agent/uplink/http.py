@@ -41,13 +41,13 @@ from agent import backoff
 from agent.config.models import Gateway, HttpUplink
 from agent.driver import CommandError
 from agent.state import UplinkState
-from agent.uplink.auth import (
+from agent.uplink.base import REFUSAL_REASONS, CommandExecutor
+from agent.uplink.wire import (
     load_ed25519_public_key,
     parse_http_date_ms,
     signature_headers,
     verify_command,
 )
-from agent.uplink.base import REFUSAL_REASONS, CommandExecutor
 from buffer import AsyncBuffer, Batch
 
 __all__ = ["HttpUplinkClient", "UplinkConfigError"]

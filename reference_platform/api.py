@@ -1,286 +1,57 @@
-"""The reference platform: the far end of uplink API v1 (docs/uplink-api.md).
-
-City integrators run it to see exactly what the agent sends; the demo and the tests use it as the
-platform. It verifies every request the way a real platform must (HMAC signature, timestamp
-window, key bound to the gateway), stores records in SQLite once per ``(gateway, epoch, seq)``
-and answers 200 only after the commit, keeps each gateway's inventory, queues Ed25519-signed
-commands for the long poll and stores their results. ``POST /admin/fault`` makes it misbehave
-(refuse, 503, 500, hang, slow, 413) so the agent's retry logic can be seen and tested.
-
-Run it with ``edge-agent reference-platform`` or ``python -m agent.uplink.reference_platform``.
-"""
+"""The HTTP API of the reference platform: the gateway endpoints of API v1 and the
+integrator's admin endpoints (records, inventory, commands, faults)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
-import dataclasses
 import email.utils
 import hmac
-import json
-import os
 import secrets
-import signal
 import sqlite3
 import ssl
-import sys
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import orjson
-import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.uplink.auth import (
+from agent.uplink.wire import (
     MAX_SKEW_MS,
-    load_ed25519_private_key,
     parse_authorization,
     sha256_hex,
     sign_command,
     verify_request_signature,
 )
+from reference_platform.contract import (
+    ApiError,
+    OpenApiContract,
+    first_problem,
+    read_json,
+    validate_inventory,
+    validate_record,
+)
+from reference_platform.faults import FAULT_MODES, Fault
+from reference_platform.keys import GatewayKey, parse_keys, public_pem
+from reference_platform.store import Store
 
-__all__ = [
-    "FAULT_MODES",
-    "PLATFORM",
-    "GatewayKey",
-    "ReferencePlatform",
-    "build_app",
-    "load_command_key",
-    "load_keys",
-    "main",
-    "serve",
-    "start_site",
-]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-FAULT_MODES: Final = ("none", "refuse", "503", "500", "429", "hang", "slow")
 COMMAND_STATUSES: Final = ("ok", "failed", "refused", "expired")
-RECORD_KINDS: Final = frozenset({"reading", "event", "status"})
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 """Largest request body accepted as sent (compressed)."""
 MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
 """Largest batch after decompression; more is 413 (and guards against gzip bombs)."""
 MAX_WAIT_S: Final = 60.0
 _MAX_INVALID_SEQS: Final = 20
-_T = TypeVar("_T")
 _LOG_ENTRY: Final = web.RequestKey("log_entry", dict)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class GatewayKey:
-    key_id: str
-    gateway: str
-    secret: bytes = dataclasses.field(repr=False)
-
-
-def load_keys(path: Path) -> dict[str, GatewayKey]:
-    """Read a keys file: YAML or JSON mapping ``key_id -> {gateway: id, secret: text}``."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return parse_keys(data, source=str(path))
-
-
-def parse_keys(data: Any, *, source: str = "keys") -> dict[str, GatewayKey]:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a mapping key_id -> {{gateway, secret}}")
-    keys: dict[str, GatewayKey] = {}
-    for key_id, entry in data.items():
-        if isinstance(entry, GatewayKey):
-            keys[str(key_id)] = entry
-            continue
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{source}: {key_id}: expected {{gateway: ..., secret: ...}}")
-        gateway, secret = entry.get("gateway"), entry.get("secret")
-        if not isinstance(gateway, str) or not gateway:
-            raise ValueError(f"{source}: {key_id}.gateway: a gateway id is required")
-        if not isinstance(secret, str) or not secret:
-            raise ValueError(f"{source}: {key_id}.secret: a non-empty secret is required")
-        keys[str(key_id)] = GatewayKey(str(key_id), gateway, secret.encode("utf-8"))
-    return keys
-
-
-def load_command_key(path: Path | None) -> Ed25519PrivateKey:
-    """Load the platform's Ed25519 signing key; generate and save it (and FILE.pub) if missing."""
-    if path is None:
-        return Ed25519PrivateKey.generate()
-    if path.exists():
-        return load_ed25519_private_key(path.read_bytes())
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    Path(f"{path}.pub").write_bytes(public_pem(key))
-    return key
-
-
-def public_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-class ApiError(Exception):
-    """An error answer: ``{"error": code, "message": ...}`` with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-
-
-@dataclasses.dataclass(slots=True)
-class Fault:
-    mode: str = "none"
-    retry_after_s: float | None = None
-    delay_s: float = 0.0
-    count: int | None = None
-    """Agent requests still to affect; None: until changed."""
-    max_records: int | None = None
-    """Batches with more records than this get 413 (independent of ``mode``)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# --- storage -------------------------------------------------------------------------------
-
-# No secondary index on records: each one costs about a third more per insert, and the insert
-# path is what keeps up with a draining gateway; queries by device scan, which suits a
-# reference platform. The rowid is the arrival order the integrator GET pages by.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    gateway TEXT NOT NULL,
-    epoch TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    device TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (gateway, epoch, seq)
-);
-CREATE TABLE IF NOT EXISTS inventory (
-    gateway TEXT PRIMARY KEY,
-    body BLOB NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    body BLOB NOT NULL,
-    raw INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER,
-    delivered_ms INTEGER,
-    result BLOB,
-    error TEXT,
-    result_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS commands_pending ON commands (gateway, status);
-"""
-
-_INSERT = (
-    "INSERT OR IGNORE INTO records (gateway, epoch, seq, kind, device, ts, received_ms, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-class Store:
-    """SQLite behind one worker thread: every call runs there, so the event loop never blocks
-    and the connection is only ever used by one thread."""
-
-    def __init__(self, path: Path, *, durability: str = "full") -> None:
-        self._path = path
-        self._durability = durability
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="refplatform-db"
-        )
-        self._conn: sqlite3.Connection | None = None
-
-    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    async def open(self) -> None:
-        await self.run(self._open)
-
-    def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        sync = "FULL" if self._durability == "full" else "NORMAL"
-        conn.execute(f"PRAGMA synchronous={sync}")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.run(self._close)
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("store is not open")
-        return self._conn
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def insert_records(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert one batch in one transaction; the number of new rows (the rest are dups)."""
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            cur = conn.executemany(_INSERT, rows)
-            added = cur.rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return added
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """One statement in its own (autocommit) transaction; rows changed."""
-        return self.conn.execute(sql, params).rowcount
-
-
-# --- the application ------------------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -319,8 +90,11 @@ class ReferencePlatform:
         admin_token: str | None = None,
         durability: str = "full",
         clock: Callable[[], float] = time.time,
+        contract: OpenApiContract | None = None,
     ) -> None:
         self.keys = dict(keys)
+        self.contract = contract
+        """Contract mode (the test suite's): bodies are checked against docs/openapi.yaml."""
         self.store = Store(db_path, durability=durability)
         self.command_key = command_key or Ed25519PrivateKey.generate()
         pub = self.command_key.public_key().public_bytes(
@@ -567,7 +341,7 @@ class ReferencePlatform:
         last_seq: int | None = None
         dumps = orjson.dumps
         for rec in records:
-            problem = _validate_record(rec)
+            problem = validate_record(rec)
             if problem is not None:
                 bad.append(rec.get("seq") if isinstance(rec, dict) else None)
                 if len(bad) >= _MAX_INVALID_SEQS:
@@ -592,9 +366,14 @@ class ReferencePlatform:
             return ApiError(
                 400,
                 "invalid_record",
-                f"{len(bad)} invalid record(s); first problem: {_first_problem(records)}",
+                f"{len(bad)} invalid record(s); first problem: {first_problem(records)}",
                 extra={"seqs": bad},
             )
+        if self.contract is not None:
+            try:
+                self.contract.check("POST", "/v1/gateways/{gateway_id}/records", doc)
+            except ApiError as exc:
+                return exc
         added = self.store.insert_records(rows) if rows else 0
         return {"accepted": added, "duplicates": len(rows) - added, "last_seq": last_seq}
 
@@ -611,9 +390,11 @@ class ReferencePlatform:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "malformed_inventory", f"body is not JSON: {exc}") from None
-        problem = _validate_inventory(doc, key.gateway)
+        problem = validate_inventory(doc, key.gateway)
         if problem is not None:
             raise ApiError(400, "malformed_inventory", problem)
+        if self.contract is not None:
+            self.contract.check("PUT", "/v1/gateways/{gateway_id}/inventory", doc)
         canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         now = self.now_ms()
 
@@ -703,6 +484,10 @@ class ReferencePlatform:
         error = doc.get("error")
         if error is not None and not isinstance(error, str):
             raise ApiError(400, "malformed_result", "error must be a string")
+        if self.contract is not None:
+            self.contract.check(
+                "POST", "/v1/gateways/{gateway_id}/commands/{command_id}/result", doc
+            )
         now = self.now_ms()
 
         def store() -> str | None:
@@ -813,7 +598,7 @@ class ReferencePlatform:
     async def queue_command(self, request: web.Request) -> web.Response:
         gateway = request.match_info["gateway_id"]
         self._known_gateway(gateway)
-        doc = await _read_json(request)
+        doc = await read_json(request)
         device, action = doc.get("device"), doc.get("action")
         args = doc.get("args", {})
         expires_in_s = doc.get("expires_in_s", 300)
@@ -823,6 +608,8 @@ class ReferencePlatform:
             raise ApiError(400, "malformed_command", "args must be an object")
         if not isinstance(expires_in_s, (int, float)) or not 0 < expires_in_s <= 86_400:
             raise ApiError(400, "malformed_command", "expires_in_s must be in (0, 86400]")
+        if self.contract is not None:
+            self.contract.check("POST", "/v1/gateways/{gateway_id}/commands", doc)
         now = self.now_ms()
         command: dict[str, Any] = {
             "id": str(doc.get("id") or uuid.uuid4().hex),
@@ -839,7 +626,7 @@ class ReferencePlatform:
         return _json({"command": command, "status": "queued"}, status=201)
 
     async def queue_raw_command(self, request: web.Request) -> web.Response:
-        doc = await _read_json(request)
+        doc = await read_json(request)
         gateway, command = doc.get("gateway"), doc.get("command")
         if not isinstance(gateway, str) or not isinstance(command, dict):
             raise ApiError(400, "malformed_command", "gateway (string) and command (object)")
@@ -908,7 +695,7 @@ class ReferencePlatform:
         return _json({"ok": True, "time_ms": self.now_ms()})
 
     async def set_fault(self, request: web.Request) -> web.Response:
-        doc = await _read_json(request)
+        doc = await read_json(request)
         mode = str(doc.get("mode", "none"))
         if mode not in FAULT_MODES:
             raise ApiError(400, "bad_fault", f"mode must be one of {', '.join(FAULT_MODES)}")
@@ -939,72 +726,6 @@ class ReferencePlatform:
         return _json({"requests": out})
 
 
-def _validate_record(rec: Any) -> str | None:
-    """Why a record is invalid, or None. Cheap checks only: this runs for every record."""
-    if type(rec) is not dict:
-        return "a record must be an object"
-    seq = rec.get("seq")
-    if type(seq) is not int or seq < 0:
-        return "seq must be a non-negative integer"
-    kind = rec.get("kind")
-    if kind not in RECORD_KINDS:
-        return f"seq {seq}: kind must be reading, event or status"
-    device = rec.get("device")
-    if type(device) is not str or not device:
-        return f"seq {seq}: device must be a non-empty string"
-    if type(rec.get("ts")) is not int:
-        return f"seq {seq}: ts must be integer UTC milliseconds"
-    if kind == "reading":
-        if type(rec.get("point")) is not str:
-            return f"seq {seq}: a reading needs a point"
-        value = rec.get("value")
-        if value is not None and type(value) not in (int, float, bool, str):
-            return f"seq {seq}: value must be a number, boolean, string or null"
-    elif kind == "event":
-        if type(rec.get("type")) is not str:
-            return f"seq {seq}: an event needs a type"
-    elif rec.get("state") not in ("online", "offline"):
-        return f"seq {seq}: a status needs state online or offline"
-    return None
-
-
-def _first_problem(records: Sequence[Any]) -> str:
-    for rec in records:
-        problem = _validate_record(rec)
-        if problem is not None:
-            return problem
-    return "unknown"
-
-
-def _validate_inventory(doc: Any, gateway: str) -> str | None:
-    if not isinstance(doc, dict):
-        return "body must be an object"
-    gw = doc.get("gateway")
-    if not isinstance(gw, dict) or gw.get("id") != gateway:
-        return f"gateway.id must be {gateway!r}"
-    devices = doc.get("devices")
-    if not isinstance(devices, list):
-        return "devices must be an array"
-    seen: set[str] = set()
-    for i, dev in enumerate(devices):
-        if not isinstance(dev, dict) or not isinstance(dev.get("id"), str) or not dev["id"]:
-            return f"devices[{i}].id must be a non-empty string"
-        if dev["id"] in seen:
-            return f"devices[{i}].id {dev['id']!r} is repeated"
-        seen.add(dev["id"])
-    return None
-
-
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, "malformed_json", "body must be an object")
-    return doc
-
-
 PLATFORM: Final = web.AppKey("platform", ReferencePlatform)
 
 
@@ -1016,6 +737,7 @@ def build_app(
     admin_token: str | None = None,
     durability: str = "full",
     clock: Callable[[], float] = time.time,
+    contract: OpenApiContract | None = None,
 ) -> web.Application:
     """The reference platform as an aiohttp application (its state is ``app[PLATFORM]``)."""
     platform = ReferencePlatform(
@@ -1025,6 +747,7 @@ def build_app(
         admin_token=admin_token,
         durability=durability,
         clock=clock,
+        contract=contract,
     )
     app = web.Application(
         middlewares=[platform.middleware],
@@ -1090,126 +813,3 @@ async def start_site(
     if isinstance(server, asyncio.base_events.Server) and server.sockets:
         bound = int(server.sockets[0].getsockname()[1])
     return runner, bound
-
-
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a server binds all on ":PORT"
-
-
-async def serve(
-    listen: str,
-    db: Path,
-    keys_file: Path,
-    *,
-    command_key_file: Path | None = None,
-    admin_token: str | None = None,
-    tls_cert: Path | None = None,
-    tls_key: Path | None = None,
-    client_ca: Path | None = None,
-    durability: str = "full",
-    ready: Callable[[int], None] | None = None,
-) -> None:
-    """Run the reference platform until cancelled (or SIGINT/SIGTERM)."""
-    host, port = _parse_listen(listen)
-    app = build_app(
-        db,
-        load_keys(keys_file),
-        command_key=load_command_key(command_key_file),
-        admin_token=admin_token,
-        durability=durability,
-    )
-    platform = app[PLATFORM]
-    ctx = server_ssl_context(tls_cert, tls_key, client_ca)
-    runner, bound = await start_site(app, host, port, ssl_context=ctx)
-    scheme = "https" if ctx else "http"
-    print(
-        json.dumps(
-            {
-                "listening": f"{scheme}://{host}:{bound}",
-                "port": bound,
-                "db": str(db),
-                "admin_token": platform.admin_token if admin_token is None else "(as given)",
-                "command_key_id": platform.command_key_id,
-            }
-        ),
-        flush=True,
-    )
-    if ready is not None:
-        ready(bound)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-        await runner.cleanup()
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="edge-agent reference-platform",
-        description="Run the uplink API v1 reference platform (docs/uplink-api.md).",
-    )
-    parser.add_argument("--listen", default="127.0.0.1:8700", help="HOST:PORT (port 0: any)")
-    parser.add_argument("--db", type=Path, required=True, help="SQLite file for what it receives")
-    parser.add_argument(
-        "--keys", type=Path, required=True, help="YAML/JSON: key_id -> {gateway, secret}"
-    )
-    parser.add_argument(
-        "--command-key",
-        type=Path,
-        help="Ed25519 private key (PEM) that signs commands; generated if missing, "
-        "its public key written to FILE.pub",
-    )
-    parser.add_argument(
-        "--admin-token",
-        default=os.environ.get("EDGE_PLATFORM_ADMIN_TOKEN"),
-        help="Bearer token of the integrator/admin endpoints "
-        "(default: $EDGE_PLATFORM_ADMIN_TOKEN, else generated and printed)",
-    )
-    parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    parser.add_argument("--client-ca", type=Path, help="require client certificates from this CA")
-    parser.add_argument(
-        "--durability",
-        choices=("full", "normal"),
-        default="full",
-        help="SQLite synchronous mode of the platform's store",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        asyncio.run(
-            serve(
-                args.listen,
-                args.db,
-                args.keys,
-                command_key_file=args.command_key,
-                admin_token=args.admin_token,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-                client_ca=args.client_ca,
-                durability=args.durability,
-            )
-        )
-    except (OSError, ValueError) as exc:
-        print(f"reference-platform: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
