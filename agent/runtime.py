@@ -1,10 +1,14 @@
-"""The supervisor: starts what the config names, keeps it running, stops it cleanly.
+"""The runtime: the agent's lifecycle for one config, and the supervision of its tasks.
 
-Every long-lived task has a name (``driver[simulated:meter-3]``, ``uplink[http]``) and runs under
-:meth:`Runtime._supervise`: a crash is logged, counted, reported as an ``agent.task_crashed``
-event, backed off and restarted; it never takes the agent down. Records flow one way, through
-:meth:`Runtime.sink` into the buffer; nothing is accepted that is not durable when ``sink``
-returns, and SIGTERM waits for the buffer to flush before the process exits.
+It opens the buffer, starts the devices (:mod:`agent.devices`), the uplink and the services it
+is given (:mod:`agent.app`: the control socket, the page), reloads on SIGHUP and stops cleanly
+on SIGTERM. Every long-lived task has a name (``driver[simulated:meter-3]``, ``uplink[http]``,
+``buffer-figures``) and runs under :meth:`Runtime._supervise`: a crash is logged, counted,
+reported as an ``agent.task_crashed`` event, backed off and restarted; it never takes the agent
+down. Its seams are modules of their own: the sink (:mod:`agent.sink`, nothing is accepted that
+is not durable when it returns), commands (:mod:`agent.commands`), the inventory
+(:mod:`agent.inventory`), availability (:mod:`agent.availability`). SIGTERM waits for the
+buffer to flush before the process exits.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,12 +25,15 @@ from agent import __version__, backoff
 from agent.availability import Availability
 from agent.bus import Priority, priority
 from agent.clock import Clock
+from agent.commands import CommandRouter
 from agent.config.models import AgentConfig, Bus
 from agent.devices import DeviceEntry, Devices
 from agent.driver import CommandError, CommandHandler, DeviceError, GatewayIdentity
 from agent.ingest import IngestQueue
+from agent.inventory import build_inventory
 from agent.logs import get_logger
-from agent.records import Event, Record, Severity
+from agent.records import Record, Severity
+from agent.sink import Sink
 from agent.state import AgentState, DeviceState
 from agent.systemd import Notifier, watchdog_loop
 from buffer import AsyncBuffer
@@ -75,6 +81,16 @@ class Runtime:
         self.state.clock_synced = self.clock.synced
         self.buffer: AsyncBuffer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sink = Sink(
+            lambda: self.buffer,
+            state=self.state,
+            source=config.gateway.id,
+            where=str(config.buffer.path),
+            stamp=self.clock.stamp,
+            log=self.log,
+        )
+        """Where every record enters the buffer (:mod:`agent.sink`)."""
+        self.event = self.sink.event
         self.ingest = IngestQueue(
             self.sink,
             source=config.gateway.id,
@@ -99,73 +115,10 @@ class Runtime:
         )
         self._stop = asyncio.Event()
         self.uplink: Any = None
+        self.commands = CommandRouter(lambda: self.devices, event=self.event, log=self.log)
         self.services: list[Service] = []
         """Started in order after the devices and the uplink, closed in reverse first at stop:
         the control socket and the page (:mod:`agent.app` puts them here)."""
-        self._unwritable_since: int | None = None
-        self._lost_at_failure = 0
-
-    # ---------------------------------------------------------------- records
-
-    async def sink(self, records: Sequence[Record]) -> None:
-        """Accept records: they are durable in the buffer when this returns."""
-        if not records:
-            return
-        assert self.buffer is not None
-        for record in records:
-            self.state.observe(record)
-        try:
-            # Shielded: a poll task cancelled at shutdown must not abandon records it handed over.
-            await asyncio.shield(self.buffer.append(records))
-        except (sqlite3.Error, OSError) as exc:
-            # A full disk or a failing card: these records cannot be accepted. Polling goes on,
-            # the loss is counted and reported, and appends resume when the buffer can write.
-            self._buffer_write_failed(len(records), exc)
-            return
-        self.state.records_accepted += len(records)
-        if self._unwritable_since is not None:
-            await self._buffer_writable_again()
-
-    def _buffer_write_failed(self, count: int, exc: Exception) -> None:
-        self.state.records_lost_unwritable += count
-        self.state.buffer.last_error = f"{type(exc).__name__}: {exc}"
-        if self._unwritable_since is None:
-            self._unwritable_since = self.clock.stamp()[0]
-            self._lost_at_failure = self.state.records_lost_unwritable - count
-            self.log.error(
-                "buffer.write_failed",
-                error=self.state.buffer.last_error,
-                path=str(self.config.buffer.path),
-                hint="free space on the gateway's flash; records are lost until it can write",
-            )
-
-    async def _buffer_writable_again(self) -> None:
-        since, self._unwritable_since = self._unwritable_since, None
-        lost = self.state.records_lost_unwritable - self._lost_at_failure
-        error, self.state.buffer.last_error = self.state.buffer.last_error, None
-        self.log.warning("buffer.write_recovered", records_lost=lost, since_ms=since)
-        await self.event(
-            "agent.buffer_write_failed",
-            Severity.ALARM,
-            records_lost=lost,
-            since_ms=since,
-            error=error,
-        )
-
-    async def event(self, type_: str, severity: Severity = Severity.INFO, **data: Any) -> None:
-        ts, synced = self.clock.stamp()
-        await self.sink(
-            [
-                Event(
-                    device=self.config.gateway.id,
-                    ts=ts,
-                    ts_synced=synced,
-                    type=type_,
-                    severity=severity,
-                    data=data,
-                )
-            ]
-        )
 
     # ---------------------------------------------------------------- tasks
 
@@ -268,26 +221,6 @@ class Runtime:
         with priority(Priority.TEST_READ):
             return await entry.poller.read_once()
 
-    # ---------------------------------------------------------------- commands
-
-    def _command_target(
-        self, device: str, action: str, args: Mapping[str, Any]
-    ) -> tuple[DeviceEntry, CommandHandler, Mapping[str, Any]]:
-        entry = self.devices.get(device)
-        if entry is None:
-            raise CommandError("unknown_device", f"no device {device!r} on this gateway")
-        if action not in entry.config.commands:
-            raise CommandError(
-                "not_allowed", f"{action!r} is not allowed for {device!r} by the config"
-            )
-        driver = entry.driver
-        if not isinstance(driver, CommandHandler):
-            raise CommandError("unsupported", f"{device!r} takes no commands")
-        spec = next((s for s in driver.command_specs() if s.action == action), None)
-        if spec is None:
-            raise CommandError("unknown_action", f"{device!r} does not know {action!r}")
-        return entry, driver, spec.validate(args)
-
     async def execute_command(
         self,
         device: str,
@@ -297,51 +230,10 @@ class Runtime:
         source: str,
         command_id: str,
     ) -> Mapping[str, Any]:
-        """Run a command on the driver that owns ``device``; every outcome is audited."""
-        audit: dict[str, Any] = {
-            "id": command_id,
-            "source": source,
-            "target": device,
-            "action": action,
-        }
-        try:
-            entry, driver, clean = self._command_target(device, action, args)
-            if DRIVERS[entry.config.driver].scope == "bus":
-                clean = {**clean, "device": device}  # which of its devices (a reserved key)
-            # A command waits for at most the transaction in flight on its bus, and its frames
-            # (a write, its read-back) go out together.
-            with priority(Priority.COMMAND):
-                bus = entry.unit.bus
-                if bus is None:
-                    result = await driver.execute(action, clean)
-                else:
-                    async with bus.hold():
-                        result = await driver.execute(action, clean)
-        except CommandError as exc:
-            self.log.warning("command.refused", **audit, reason=exc.reason, error=str(exc))
-            await self.event(
-                "agent.command",
-                Severity.WARNING,
-                **audit,
-                status="failed",
-                reason=exc.reason,
-                error=str(exc),
-            )
-            raise
-        except Exception as exc:
-            self.log.error("command.failed", **audit, error=str(exc))
-            await self.event(
-                "agent.command",
-                Severity.WARNING,
-                **audit,
-                status="failed",
-                reason="driver_error",
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            raise CommandError("driver_error", f"{type(exc).__name__}: {exc}") from exc
-        self.log.info("command.done", **audit)
-        await self.event("agent.command", Severity.INFO, **audit, status="ok", result=dict(result))
-        return result
+        """Run a command on the driver that owns ``device`` (:mod:`agent.commands`)."""
+        return await self.commands.execute_command(
+            device, action, args, source=source, command_id=command_id
+        )
 
     # ---------------------------------------------------------------- installer tools
 
@@ -390,41 +282,8 @@ class Runtime:
                 return bus
         raise CommandError("not_my_bus", "the agent does not use that bus")
 
-    # ---------------------------------------------------------------- inventory
-
     def inventory(self) -> dict[str, Any]:
-        gw = self.config.gateway
-        reported = self._devices.reported()
-        devices: list[dict[str, Any]] = []
-        for d in self.config.devices:
-            if not d.enabled:
-                continue
-            entry: dict[str, Any] = {
-                "id": d.id,
-                "code": d.code,
-                "driver": d.driver,
-                "kind": d.kind.value,
-                "name": d.name,
-                "manufacturer": d.manufacturer,
-                "model": d.model,
-                "firmware": d.firmware,
-                "bus": d.bus,
-                "location": d.location.model_dump() if d.location else None,
-            }
-            if d.id in reported:
-                entry["reported"] = dict(reported[d.id])
-            devices.append(entry)
-        return {
-            "gateway": {
-                "id": gw.id,
-                "code": gw.code,
-                "name": gw.name,
-                "community": {"code": gw.community.code, "name": gw.community.name},
-                "timezone": gw.timezone,
-                "agent_version": __version__,
-            },
-            "devices": devices,
-        }
+        return build_inventory(self.config, self._devices.reported())
 
     # ---------------------------------------------------------------- lifecycle
 
