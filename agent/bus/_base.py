@@ -22,7 +22,7 @@ import enum
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from agent import backoff
@@ -116,12 +116,12 @@ class _Turns:
 
     def urgent(self, level: Priority) -> bool:
         """Is anyone more urgent than ``level`` waiting?"""
-        return any(p < level and not f.done() for p, _, f in self._waiters)
+        return bool(self._waiters) and any(p < level and not f.done() for p, _, f in self._waiters)
 
     async def acquire(self, level: Priority, *, front: bool = False) -> None:
         """Wait for a turn; ``front``: ahead of the others of the same priority (a session
         taking its turn back after letting an urgent waiter in)."""
-        if self._free > 0 and not self.waiting:
+        if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -142,6 +142,41 @@ class _Turns:
                 return
         self._free += 1
 
+
+class _Hold:
+    """``async with bus.hold():`` (a class, not a generator: it runs once per transaction)."""
+
+    __slots__ = ("_bus", "_session", "_token")
+
+    def __init__(self, bus: BusHandle) -> None:
+        self._bus = bus
+        self._session: _Session | None = None
+        self._token: contextvars.Token[dict[int, _Session]] | None = None
+
+    async def __aenter__(self) -> None:
+        bus = self._bus
+        held = _held.get(_NOTHING_HELD)
+        session = held.get(id(bus))
+        if session is not None:
+            if bus._turns.urgent(session.level):
+                # Between two transactions of a session: let the command in, then carry on
+                # ahead of the other polls.
+                bus._release(session)
+                await bus._acquire(session, front=True)
+            return
+        session = self._session = _Session(_priority.get())
+        await bus._acquire(session)
+        self._token = _held.set({**held, id(bus): session})
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is None:
+            return
+        assert self._token is not None
+        _held.reset(self._token)
+        self._bus._release(self._session)
+
+
+_NOTHING_HELD: Final[dict[int, _Session]] = {}
 
 LinkListener = Callable[["BusHandle"], None]
 """Called on every link transition; ``bus.state`` says which."""
@@ -198,29 +233,11 @@ class BusHandle:
         self.busy_s += time.monotonic() - session.since
         self._turns.release()
 
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    def hold(self) -> _Hold:
         """Hold the bus for a session: a device's poll, a multi-frame exchange, a simulated
         device's read. Exchanges inside take no turn of their own; before each, a more urgent
         waiter (a command, a test read) goes first. Re-entrant within one task."""
-        held = _held.get({})
-        session = held.get(id(self))
-        if session is not None:
-            if self._turns.urgent(session.level):
-                # Between two transactions of a session: let the command in, then carry on
-                # ahead of the other polls.
-                self._release(session)
-                await self._acquire(session, front=True)
-            yield
-            return
-        session = _Session(_priority.get())
-        await self._acquire(session)
-        token = _held.set({**held, id(self): session})
-        try:
-            yield
-        finally:
-            _held.reset(token)
-            self._release(session)
+        return _Hold(self)
 
     # ------------------------------------------------------------------ link state
 

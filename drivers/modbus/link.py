@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -197,19 +196,6 @@ class ModbusLink:
         client.ctx.trace_packet = connection.trace
         return connection
 
-    @contextlib.asynccontextmanager
-    async def _connection(self, host: TcpHost) -> AsyncIterator[_Connection]:
-        # The host's turns bound the requests in flight; one client serves each of them.
-        async with host.hold():
-            connection = self._idle.pop() if self._idle else None
-            if connection is None:
-                connection = self._new_client(host)
-                self._all.append(connection)
-            try:
-                yield connection
-            finally:
-                self._idle.append(connection)
-
     async def _open(self, host: TcpHost, connection: _Connection, timeout_s: float) -> None:
         host.check_retry()
         client = connection.client
@@ -229,49 +215,68 @@ class ModbusLink:
     async def _call_tcp(
         self, host: TcpHost, request: ModbusPDU, expected: int, timeout_s: float, retries: int
     ) -> ModbusPDU:
+        # The host's turns bound the requests in flight; one client serves each of them.
+        async with host.hold():
+            connection = self._idle.pop() if self._idle else self._new_connection(host)
+            try:
+                return await self._call_on(host, connection, request, expected, timeout_s, retries)
+            finally:
+                self._idle.append(connection)
+
+    def _new_connection(self, host: TcpHost) -> _Connection:
+        connection = self._new_client(host)
+        self._all.append(connection)
+        return connection
+
+    async def _call_on(
+        self,
+        host: TcpHost,
+        connection: _Connection,
+        request: ModbusPDU,
+        expected: int,
+        timeout_s: float,
+        retries: int,
+    ) -> ModbusPDU:
         unit = request.dev_id
-        async with self._connection(host) as connection:
-            client = connection.client
+        client = connection.client
+        if not client.connected:
+            await self._open(host, connection, timeout_s)
+        error = LinkError("timeout")
+        for attempt in range(retries + 1):
+            if attempt:
+                host.note("retries")
+            connection.reset()
+            client.ctx.comm_params.timeout_connect = timeout_s
+            host.note("requests")
+            try:
+                reply: ModbusPDU = await client.execute(no_response_expected=False, request=request)
+            except ConnectionException as exc:
+                raise self._lost(host, connection, str(exc) or "connection lost") from None
+            except ModbusIOException:
+                reason = (
+                    scan_rtu(connection.rx, unit, request.function_code, expected)
+                    if self.rtu
+                    else scan_mbap(connection.rx, unit)
+                )
+                error = self._failed(reason, unit, timeout_s)
+            except ModbusException as exc:
+                host.note("garbage")
+                error = LinkError("garbage", f"undecodable reply: {exc}")
+            else:
+                connection.silent = 0
+                host.note("replies")
+                return reply
             if not client.connected:
-                await self._open(host, connection, timeout_s)
-            error = LinkError("timeout")
-            for attempt in range(retries + 1):
-                if attempt:
-                    host.note("retries")
-                connection.reset()
-                client.ctx.comm_params.timeout_connect = timeout_s
-                host.note("requests")
-                try:
-                    reply: ModbusPDU = await client.execute(
-                        no_response_expected=False, request=request
-                    )
-                except ConnectionException as exc:
-                    raise self._lost(host, connection, str(exc) or "connection lost") from None
-                except ModbusIOException:
-                    reason = (
-                        scan_rtu(connection.rx, unit, request.function_code, expected)
-                        if self.rtu
-                        else scan_mbap(connection.rx, unit)
-                    )
-                    error = self._failed(reason, unit, timeout_s)
-                except ModbusException as exc:
-                    host.note("garbage")
-                    error = LinkError("garbage", f"undecodable reply: {exc}")
-                else:
+                raise self._lost(host, connection, "connection lost during a request")
+            if error.reason == "timeout":
+                connection.silent += 1
+                if connection.silent >= _SILENT_BEFORE_RECYCLE:
+                    # Reopened quietly on the next request; not a link event: the host may
+                    # be fine and the devices behind it dead.
                     connection.silent = 0
-                    host.note("replies")
-                    return reply
-                if not client.connected:
-                    raise self._lost(host, connection, "connection lost during a request")
-                if error.reason == "timeout":
-                    connection.silent += 1
-                    if connection.silent >= _SILENT_BEFORE_RECYCLE:
-                        # Reopened quietly on the next request; not a link event: the host may
-                        # be fine and the devices behind it dead.
-                        connection.silent = 0
-                        client.close()
-                        break
-            raise error
+                    client.close()
+                    break
+        raise error
 
     async def aclose(self) -> None:
         for connection in self._all:
