@@ -22,6 +22,8 @@ apt_install() {
 # venv_install EXTRAS : the project (editable) with the given extras into .venv.
 venv_install() {
   local extras="$1"
+  # A minimal Debian has no Python at all: install it before asking for its version.
+  command -v python3 >/dev/null || apt_install python3 python3-venv
   if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "Python 3.11 or newer is needed (found: $(python3 --version 2>&1))" >&2
     exit 1
