@@ -251,12 +251,13 @@ class Devices:
                 st.last_error = f"driver_unavailable: {exc}"
                 self._log.error("device.driver_unavailable", device=device.id, error=str(exc))
                 self.entries.pop(device.id, None)
+                ts, synced = self._stamp()
                 self._push(
                     [
                         Event(
                             device=self.gateway.id,
-                            ts=self._stamp()[0],
-                            ts_synced=self._stamp()[1],
+                            ts=ts,
+                            ts_synced=synced,
                             type="agent.driver_unavailable",
                             severity=Severity.ALARM,
                             data={"device": device.id, "error": str(exc)},

@@ -36,7 +36,6 @@ __all__ = [
     "BusHandle",
     "LinkListener",
     "Priority",
-    "current_priority",
     "link_event",
     "priority",
     "waiting_time",
@@ -74,10 +73,6 @@ _held: contextvars.ContextVar[dict[int, _Session]] = contextvars.ContextVar("bus
 _waited: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "bus_waited", default=None
 )
-
-
-def current_priority() -> Priority:
-    return _priority.get()
 
 
 @contextlib.contextmanager

@@ -39,11 +39,18 @@ class _Health:
         self._bench = bench
         self._devices = devices
 
+    def _check(self, device: str) -> None:
+        # As in the agent (agent.availability.DeviceHealth): only the driver's own devices.
+        if device not in self._devices:
+            raise ValueError(f"health of {device!r}: not a device of this driver")
+
     def ok(self, device: str, /) -> None:
+        self._check(device)
         self._bench.health[device] = ("ok", None)
 
     def down(self, device: str, reason: str, message: str | None = None, /) -> None:
         del message
+        self._check(device)
         self._bench.health[device] = ("down", reason)
 
 

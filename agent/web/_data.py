@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agent.config.errors import ConfigError
+from agent.config.models import PolledDeviceConfig, StreamedDeviceConfig
 from agent.config.secrets import REDACTED, redact
 from agent.driver import Health
 from agent.records import Event, Status, now_ms
@@ -360,6 +361,7 @@ def _commands(runtime: AgentView, device: DeviceConfig) -> list[dict[str, Any]]:
 
 def device_detail(runtime: AgentView, device: DeviceConfig) -> dict[str, Any]:
     state = runtime.state.devices.get(device.id)
+    polled = device if isinstance(device, PolledDeviceConfig) else None
     points = []
     if state is not None:
         points = [
@@ -387,10 +389,12 @@ def device_detail(runtime: AgentView, device: DeviceConfig) -> dict[str, Any]:
             "model": device.model,
             "firmware": device.firmware,
             "enabled": device.enabled,
-            "interval_s": getattr(device, "interval_s", None),
-            "timeout_s": getattr(device, "timeout_s", None),
-            "offline_after": getattr(device, "offline_after", None),
-            "stale_after_s": getattr(device, "stale_after_s", None),
+            "interval_s": polled.interval_s if polled else None,
+            "timeout_s": polled.timeout_s if polled else None,
+            "offline_after": polled.offline_after if polled else None,
+            "stale_after_s": (
+                device.stale_after_s if isinstance(device, StreamedDeviceConfig) else None
+            ),
             "next_poll_in_s": (
                 round(state.next_poll_in_s, 1)
                 if state is not None and state.next_poll_in_s is not None

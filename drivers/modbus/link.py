@@ -19,10 +19,9 @@ One :class:`ModbusLink` per bus, shared by the Modbus devices on it (``ctx.share
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -110,22 +109,6 @@ class ModbusLink:
         self._framer = FramerRTU(self._decoder)
         self._idle: list[_Connection] = []
         self._all: list[_Connection] = []
-
-    @property
-    def where(self) -> str:
-        return self.bus.where
-
-    @property
-    def state(self) -> str:
-        return self.bus.state
-
-    @property
-    def down_error(self) -> str | None:
-        return self.bus.down_error
-
-    @property
-    def counters(self) -> Any:
-        return self.bus.counters
 
     async def call(
         self, request: ModbusPDU, *, expected: int, timeout_s: float, retries: int
@@ -284,4 +267,3 @@ class ModbusLink:
                 connection.client.close()
         self._all.clear()
         self._idle.clear()
-        await asyncio.sleep(0)
