@@ -19,7 +19,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__, backoff
 from agent.availability import Availability
@@ -38,6 +38,9 @@ from agent.state import AgentState, DeviceState
 from agent.systemd import Notifier, watchdog_loop
 from buffer import AsyncBuffer
 from drivers import DRIVERS
+
+if TYPE_CHECKING:
+    from agent.uplink.client import UplinkClient
 
 __all__ = ["Runtime", "Service"]
 
@@ -114,7 +117,8 @@ class Runtime:
             inventory_changed=self._inventory_changed,
         )
         self._stop = asyncio.Event()
-        self.uplink: Any = None
+        self.uplink: UplinkClient | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self.commands = CommandRouter(lambda: self.devices, event=self.event, log=self.log)
         self.services: list[Service] = []
         """Started in order after the devices and the uplink, closed in reverse first at stop:
@@ -129,10 +133,10 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+    def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """A long-lived task, supervised: one sqlite error in the buffer's figures must not
         freeze them for good."""
-        self._spawn(name, self._supervise(name, body))
+        return self._spawn(name, self._supervise(name, body))
 
     async def _supervise(
         self,
@@ -316,7 +320,8 @@ class Runtime:
             self.log.info("uplink.none", hint="no uplink configured: records stay in the buffer")
             return
         from agent.config.secrets import SecretError, read_secret  # noqa: PLC0415
-        from agent.uplink.http import HttpUplinkClient, UplinkConfigError  # noqa: PLC0415
+        from agent.uplink.base import UplinkConfigError  # noqa: PLC0415
+        from agent.uplink.http import HttpUplinkClient  # noqa: PLC0415
 
         assert self.buffer is not None
         self.state.uplink.transport = "http"
@@ -340,20 +345,18 @@ class Runtime:
             self.log.error("uplink.misconfigured", error=str(exc), hint="fix, then reload")
             await self.event("agent.uplink_misconfigured", Severity.ALARM, error=str(exc))
             return
-        uplink = self.uplink
-        self._keep("uplink[http]", uplink.run)
+        self._uplink_task = self._keep(f"uplink[{self.uplink.transport.name}]", self.uplink.run)
 
     async def _stop_uplink(self) -> None:
-        if self.uplink is None:
-            return
-        task = next((t for t in self._tasks if t.get_name() == "uplink[http]"), None)
+        uplink, task = self.uplink, self._uplink_task
+        self.uplink = self._uplink_task = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await self.uplink.close()
-        self.uplink = None
+        if uplink is not None:
+            with contextlib.suppress(Exception):
+                await uplink.close()
 
     async def reload(self) -> bool:
         """Re-read the config file; apply it only if valid. True when applied."""

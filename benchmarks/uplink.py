@@ -124,7 +124,17 @@ async def drain(
         secret=SECRET,
         buffer=buffer,
         state=state,
-        inventory=lambda: {"devices": []},
+        inventory=lambda: {
+            "gateway": {
+                "id": GW,
+                "name": None,
+                "code": None,
+                "community": {"code": "350102001001", "name": None},
+                "timezone": "Asia/Shanghai",
+                "agent_version": "bench",
+            },
+            "devices": [],
+        },
         commands=None,
         log=structlog.get_logger(),
         agent_version="bench",
@@ -145,7 +155,7 @@ async def drain(
     await client.close()
     left = (await buffer.stats()).records
     await buffer.close()
-    return elapsed, state, left, client.body_bytes_sent
+    return elapsed, state, left, client.pump.body_bytes_sent
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.uplink.wire import (
     MAX_SKEW_MS,
+    ack_document,
     parse_authorization,
     sha256_hex,
     sign_command,
@@ -244,6 +245,12 @@ class ReferencePlatform:
         if fault.mode == "slow":
             await asyncio.sleep(fault.delay_s)
             return None
+        if fault.mode == "portal":
+            # What a hotel-style captive portal or a proxy's login page answers: 200, HTML.
+            page = "<html><body><h1>Welcome</h1><p>Please log in first.</p></body></html>"
+            return web.Response(status=200, text=page, content_type="text/html")
+        if fault.mode == "bad_ack":
+            return _json({"ok": True})
         status = int(fault.mode)
         headers = {}
         if fault.retry_after_s is not None:
@@ -375,7 +382,7 @@ class ReferencePlatform:
             except ApiError as exc:
                 return exc
         added = self.store.insert_records(rows) if rows else 0
-        return {"accepted": added, "duplicates": len(rows) - added, "last_seq": last_seq}
+        return ack_document(epoch, added, len(rows) - added, last_seq)
 
     async def put_inventory(
         self, request: web.Request, key: GatewayKey, body: bytes

@@ -1,11 +1,13 @@
-"""What ``POST /admin/fault`` can make the platform do: refuse, 503, 500, 429, hang, slow, 413."""
+"""What ``POST /admin/fault`` can make the platform do: refuse, 503, 500, 429, hang, slow, 413,
+and answer 200 without storing anything (``portal``: a captive portal's page; ``bad_ack``: a
+JSON document that is not an acknowledgement)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Final
 
-FAULT_MODES: Final = ("none", "refuse", "503", "500", "429", "hang", "slow")
+FAULT_MODES: Final = ("none", "refuse", "503", "500", "429", "hang", "slow", "portal", "bad_ack")
 
 
 @dataclasses.dataclass(slots=True)

@@ -55,7 +55,7 @@ async def test_good_signature_is_accepted_and_stored(tmp_path: Path) -> None:
             headers={"Content-Encoding": "gzip"},
         )
         assert status == 200, doc
-        assert doc == {"accepted": 2, "duplicates": 0, "last_seq": 2}
+        assert doc == {"accepted": 2, "duplicates": 0, "last_seq": 2, "epoch": "ep1"}
         assert parse_http_date_ms(headers["Date"]) is not None
         stored = await p.records()
         assert [r["seq"] for r in stored] == [1, 2]
@@ -171,8 +171,8 @@ async def test_same_batch_twice_is_stored_once(tmp_path: Path) -> None:
         hdrs = {"Content-Encoding": "gzip"}
         first = await signed(p.session, p.url, "POST", RECORDS, body, headers=hdrs)
         second = await signed(p.session, p.url, "POST", RECORDS, body, headers=hdrs)
-        assert first[:2] == (200, {"accepted": 3, "duplicates": 0, "last_seq": 3})
-        assert second[:2] == (200, {"accepted": 0, "duplicates": 3, "last_seq": 3})
+        assert first[:2] == (200, {"accepted": 3, "duplicates": 0, "last_seq": 3, "epoch": "ep1"})
+        assert second[:2] == (200, {"accepted": 0, "duplicates": 3, "last_seq": 3, "epoch": "ep1"})
         # Overlapping batch: 2 and 3 are duplicates, 4 is new; another epoch is separate.
         third = await signed(
             p.session,
@@ -182,7 +182,7 @@ async def test_same_batch_twice_is_stored_once(tmp_path: Path) -> None:
             batch_body("ep1", [reading(2), reading(3), reading(4)]),
             headers=hdrs,
         )
-        assert third[:2] == (200, {"accepted": 1, "duplicates": 2, "last_seq": 4})
+        assert third[:2] == (200, {"accepted": 1, "duplicates": 2, "last_seq": 4, "epoch": "ep1"})
         fourth = await signed(
             p.session, p.url, "POST", RECORDS, batch_body("ep2", [reading(1)]), headers=hdrs
         )

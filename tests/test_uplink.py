@@ -31,7 +31,7 @@ from agent.driver import CommandError
 from agent.records import Event, Reading, Record, Severity, Status, StatusState
 from agent.state import UplinkState
 from agent.uplink import Uplink
-from agent.uplink.http import HttpUplinkClient, UplinkConfigError
+from agent.uplink.http import HttpTransport, HttpUplinkClient, UplinkConfigError
 from agent.uplink.wire import sign_command
 from buffer import AsyncBuffer
 from reference_platform import public_pem
@@ -39,9 +39,20 @@ from reference_platform import public_pem
 GATEWAY = Gateway(id=GW, community=Community(code="350102001001", name="东街社区"))
 
 
+GATEWAY_DOC = {
+    "id": GW,
+    "name": None,
+    "code": "35010200120000000001",
+    "community": {"code": "350102001001", "name": "东街社区"},
+    "timezone": "Asia/Shanghai",
+    "agent_version": "0.1.0-test",
+}
+"""The gateway block as :func:`agent.inventory.build_inventory` writes it."""
+
+
 def inventory() -> dict[str, Any]:
     return {
-        "gateway": {"id": GW, "code": "35010200120000000001"},
+        "gateway": GATEWAY_DOC,
         "devices": [
             {"id": "meter-1", "driver": "simulated", "kind": "electricity_meter"},
             {"id": "door-1", "driver": "simulated", "kind": "access_controller"},
@@ -199,7 +210,7 @@ async def test_inventory_is_sent_again_when_it_changes(tmp_path: Path) -> None:
     devices = [{"id": "meter-1", "driver": "simulated", "kind": "other"}]
 
     def current() -> dict[str, Any]:
-        return {"devices": list(devices)}
+        return {"gateway": GATEWAY_DOC, "devices": list(devices)}
 
     async with running_platform(tmp_path) as p, running_agent(p, tmp_path, inventory_fn=current):
 
@@ -220,7 +231,7 @@ async def test_a_driver_saying_its_inventory_changed_gets_it_sent_at_once(
     devices = [{"id": "meter-1", "driver": "simulated", "kind": "other"}]
 
     def current() -> dict[str, Any]:
-        return {"devices": [dict(d) for d in devices]}
+        return {"gateway": GATEWAY_DOC, "devices": [dict(d) for d in devices]}
 
     async with (
         running_platform(tmp_path) as p,
@@ -661,17 +672,19 @@ def test_commands_without_a_key_is_a_clear_error(tmp_path: Path) -> None:
 
 async def test_retry_after_forms_and_backoff_bounds(tmp_path: Path) -> None:
     async with running_agent("http://127.0.0.1:9", tmp_path, start=False) as agent:
-        client = agent.client
-        assert client._retry_after("7") == 7
-        assert client._retry_after("garbage") is None
+        transport, link = agent.client.transport, agent.client.link
+        assert isinstance(transport, HttpTransport)
+        assert transport.retry_after("7") == 7
+        assert transport.retry_after("garbage") is None
+        assert transport.retry_after("nan") is None
         later = email.utils.formatdate(time.time() + 120, usegmt=True)
-        assert 110 < (client._retry_after(later) or 0) <= 121
-        assert client._retry_after("999999") == 3600
+        assert 110 < (transport.retry_after(later) or 0) <= 121
+        assert transport.retry_after("999999") == 3600
         for failures in range(1, 12):
             for _ in range(50):
-                delay = client._backoff_delay(failures, None)
+                delay = link.delay(failures, None)
                 assert 0 <= delay <= min(0.2, 2 ** (failures - 1))
-        assert client._backoff_delay(1, 5.0) >= 5.0
+        assert link.delay(1, 5.0) >= 5.0
 
 
 async def poison_of(buffer: AsyncBuffer) -> list[tuple[bytes, str]]:

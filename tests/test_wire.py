@@ -13,8 +13,15 @@ import hmac
 import re
 from pathlib import Path
 
+import orjson
+
 from agent.uplink.wire import (
+    ack_document,
+    ack_problem,
+    batch_document,
     canonical_request,
+    command_problem,
+    result_document,
     sha256_hex,
     signature_headers,
     verify_request_signature,
@@ -61,3 +68,53 @@ def test_an_integrator_computing_the_hmac_by_hand_gets_the_same() -> None:
     assert not verify_request_signature(
         setting["secret"].encode(), method, target + "1", int(ts), digest, by_hand
     )
+
+
+def test_the_documented_acknowledgement_acknowledges_the_documented_batch() -> None:
+    """The example batch and its answer in docs/uplink-api.md agree with :func:`ack_problem`."""
+    doc = (ROOT / "docs" / "uplink-api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)\n```", doc, flags=re.DOTALL)
+    batch = next(orjson.loads(b) for b in blocks if b.startswith('{"epoch"'))
+    answer = next(orjson.loads(b) for b in blocks if b.startswith('{"accepted"'))
+    seqs = [r["seq"] for r in batch["records"]]
+    assert ack_problem(answer, epoch=batch["epoch"], records=len(seqs), last_seq=max(seqs)) is None
+
+
+def test_only_an_answer_that_counts_the_batch_acknowledges_it() -> None:
+    good = ack_document("e1", 3, 2, 17)
+    assert ack_problem(good, epoch="e1", records=5, last_seq=17) is None
+    assert (
+        ack_problem(
+            {k: v for k, v in good.items() if k != "epoch"}, epoch="e1", records=5, last_seq=17
+        )
+        is None
+    )
+    for answer, why in [
+        (None, "not a JSON object"),
+        ({"ok": True}, "no integer"),
+        ({**good, "accepted": True}, "no integer"),
+        ({**good, "accepted": 2}, "2 accepted + 2 duplicates for a batch of 5"),
+        ({**good, "duplicates": -1, "accepted": 6}, "for a batch of 5"),
+        ({**good, "last_seq": 16}, "last_seq 16"),
+        ({**good, "last_seq": None}, "last_seq None"),
+        ({**good, "epoch": "e0"}, "epoch 'e0'"),
+    ]:
+        problem = ack_problem(answer, epoch="e1", records=5, last_seq=17)
+        assert problem is not None, answer
+        assert why in problem
+
+
+def test_command_shapes_and_result_documents() -> None:
+    command = {"id": "c1", "device": "d", "action": "open", "args": {}, "expires_ms": 5}
+    assert command_problem(command) is None
+    assert "id" in (command_problem({**command, "id": ""}) or "")
+    assert "args" in (command_problem({**command, "args": []}) or "")
+    assert "expires_ms" in (command_problem({**command, "expires_ms": True}) or "")
+    assert orjson.loads(result_document("failed", 9, reason="timeout", error="no answer")) == {
+        "status": "failed",
+        "result": {},
+        "ts": 9,
+        "reason": "timeout",
+        "error": "no answer",
+    }
+    assert batch_document("e", b"[]") == b'{"epoch":"e","records":[]}'

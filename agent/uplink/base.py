@@ -1,17 +1,34 @@
 """The transport-independent uplink contract (DESIGN.md section 5).
 
-An uplink takes batches from the buffer and acknowledges them only when the platform says it
-stored them; HTTP is the first transport, MQTT can come later behind the same :class:`Uplink`.
+An uplink is an :class:`agent.uplink.client.UplinkClient`: the upload pump
+(:mod:`agent.uplink.pump`), the inventory sender (:mod:`agent.uplink.inventory`) and the command
+service (:mod:`agent.uplink.commands`) over one :class:`Transport`. A transport only moves
+documents of uplink API v1 and maps what the platform answered to an :class:`Outcome`; what an
+outcome means for the buffer (acknowledge, split, set aside, retry) is decided once, in the pump,
+for every transport. "Acknowledged" means the platform answered that it *stored* the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from agent.state import UplinkState
+from buffer import Batch
 
-__all__ = ["REFUSAL_REASONS", "CommandExecutor", "Uplink"]
+__all__ = [
+    "REFUSAL_REASONS",
+    "CommandExecutor",
+    "Kind",
+    "Outcome",
+    "Payload",
+    "Polled",
+    "Transport",
+    "Uplink",
+    "UplinkConfigError",
+]
 
 
 REFUSAL_REASONS = frozenset(
@@ -19,6 +36,88 @@ REFUSAL_REASONS = frozenset(
 )
 """CommandError reasons reported to the platform as "refused" (the command was not run);
 any other reason is reported as "failed"."""
+
+
+class UplinkConfigError(ValueError):
+    """The uplink cannot start: a TLS file or the command key is missing or invalid."""
+
+
+class Kind(enum.Enum):
+    """What the platform's answer means for what was sent."""
+
+    ACK = "ack"
+    """Answered with a document; for a batch, the pump still checks that it acknowledges it."""
+    RETRY = "retry"
+    """Transient: the platform or the network failed; try the same thing again later."""
+    AUTH = "auth"
+    """Credentials or configuration are wrong; retrying will not help until someone fixes it,
+    but discarding data would not help either."""
+    SPLIT = "split"
+    """Too large, or some record in it is invalid: halve it until the culprit is alone."""
+    POISON = "poison"
+    """The platform will never take this: set it aside, the rest keeps flowing."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Kind
+    error: str | None = None
+    retry_after_s: float | None = None
+    """The platform asked for this pause (HTTP ``Retry-After``); the backoff waits at least it."""
+    body: Mapping[str, object] | None = None
+    """The answer's JSON object, when it was one."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payload:
+    """One batch as it goes to the platform: the ``POST …/records`` document and its gzip."""
+
+    batch: Batch
+    document: bytes
+    gzipped: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Polled:
+    """The answer to one commands poll: the outcome and, when it is an ACK, the commands."""
+
+    outcome: Outcome
+    commands: Sequence[object] = ()
+
+
+class Transport(Protocol):
+    """How documents of uplink API v1 reach the platform (HTTP; MQTT later).
+
+    No method raises for a network or platform failure: each returns an :class:`Outcome` of
+    kind RETRY (with the error's text) instead. ``now_ms`` is the platform's idea of now, for
+    the timestamps the transport sends.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str:
+        """Where it connects, for logs and the page (never carries a secret)."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def now_ms(self) -> int: ...
+
+    async def send(self, payload: Payload) -> Outcome:
+        """Deliver one batch; ACK only when the platform answered after storing it."""
+        ...
+
+    async def put_inventory(self, document: bytes) -> Outcome: ...
+
+    async def poll_commands(self) -> Polled:
+        """Wait (long poll, or until the broker delivers) for the platform's commands."""
+        ...
+
+    async def report_result(self, command_id: str, document: bytes) -> Outcome: ...
 
 
 class CommandExecutor(Protocol):
@@ -41,7 +140,7 @@ class CommandExecutor(Protocol):
 
 @runtime_checkable
 class Uplink(Protocol):
-    """One transport to the platform. ``run`` works until cancelled; ``close`` frees it."""
+    """One uplink to the platform. ``run`` works until cancelled; ``close`` frees it."""
 
     @property
     def state(self) -> UplinkState: ...
@@ -49,3 +148,5 @@ class Uplink(Protocol):
     async def run(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def inventory_changed(self) -> None: ...

@@ -1,8 +1,10 @@
-"""Request signing and command signatures shared by the agent and the reference platform.
+"""The wire contract of uplink API v1, shared by the agent and the reference platform.
 
-Both sides import this module so that the canonical forms documented in ``docs/uplink-api.md``
-exist exactly once in code: the HMAC request signature (``EA1-HMAC-SHA256``) and the Ed25519
-command signature over canonical JSON.
+Both sides import this module so that what ``docs/uplink-api.md`` documents exists exactly once
+in code: the HMAC request signature (``EA1-HMAC-SHA256``), the Ed25519 command signature over
+canonical JSON, and the shapes of a records batch, its acknowledgement, a command and a
+command's result. ``tests/test_wire.py`` pins them with the published test vectors, so a change
+here that would break a third-party platform fails a test.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 __all__ = [
     "AUTH_SCHEME",
     "MAX_SKEW_MS",
+    "ack_document",
+    "ack_problem",
+    "batch_document",
     "canonical_command",
     "canonical_request",
+    "command_problem",
     "load_ed25519_private_key",
     "load_ed25519_public_key",
     "parse_authorization",
     "parse_http_date_ms",
+    "result_document",
     "sha256_hex",
     "sign_command",
     "sign_request",
@@ -169,3 +176,83 @@ def load_ed25519_private_key(data: bytes) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"not an Ed25519 private key ({type(key).__name__})")
     return key
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def batch_document(epoch: str, records: bytes) -> bytes:
+    """``POST …/records`` body: ``{"epoch":…,"records":[…]}`` from the records' JSON array."""
+    return b'{"epoch":' + orjson.dumps(epoch) + b',"records":' + records + b"}"
+
+
+def ack_document(
+    epoch: str, accepted: int, duplicates: int, last_seq: int | None
+) -> dict[str, Any]:
+    """The platform's answer once a batch is stored (``epoch`` is echoed since API v1.1)."""
+    return {"accepted": accepted, "duplicates": duplicates, "last_seq": last_seq, "epoch": epoch}
+
+
+def ack_problem(
+    doc: Mapping[str, object] | None, *, epoch: str, records: int, last_seq: int
+) -> str | None:
+    """Why ``doc`` is not the acknowledgement of a batch of ``records`` records ending at
+    ``last_seq`` in ``epoch``; None when it is.
+
+    A captive portal, a proxy's page or a wrong URL can answer 200 too: only an answer that
+    counts exactly this batch may delete it from the buffer.
+    """
+    if doc is None:
+        return "the answer is not a JSON object"
+    accepted, duplicates, last = doc.get("accepted"), doc.get("duplicates"), doc.get("last_seq")
+    if not _is_int(accepted) or not _is_int(duplicates):
+        return "the answer has no integer accepted and duplicates"
+    assert isinstance(accepted, int)
+    assert isinstance(duplicates, int)
+    if accepted < 0 or duplicates < 0 or accepted + duplicates != records:
+        return (
+            f"the answer counts {accepted} accepted + {duplicates} duplicates "
+            f"for a batch of {records}"
+        )
+    if not _is_int(last) or last != last_seq:
+        return f"the answer's last_seq {last!r} is not the batch's {last_seq}"
+    if "epoch" in doc and doc["epoch"] != epoch:
+        return f"the answer's epoch {doc['epoch']!r} is not the batch's {epoch!r}"
+    return None
+
+
+# --- command shapes ---------------------------------------------------------------------------
+
+
+def command_problem(command: Mapping[str, object]) -> str | None:
+    """What is missing from a command for it to be run; None when its shape is right."""
+    if not isinstance(command.get("id"), str) or not command.get("id"):
+        return "a command needs a non-empty string id"
+    if not isinstance(command.get("device"), str) or not isinstance(command.get("action"), str):
+        return "device and action are required strings"
+    if not isinstance(command.get("args"), dict):
+        return "args must be an object"
+    if not _is_int(command.get("expires_ms")):
+        return "expires_ms is required (UTC ms)"
+    return None
+
+
+def result_document(
+    status: str,
+    ts_ms: int,
+    *,
+    result: Mapping[str, object] | None = None,
+    reason: str | None = None,
+    error: str | None = None,
+) -> bytes:
+    """``POST …/commands/{id}/result`` body."""
+    doc: dict[str, object] = {"status": status, "result": dict(result or {}), "ts": ts_ms}
+    if reason is not None:
+        doc["reason"] = reason
+    if error is not None:
+        doc["error"] = error
+    return orjson.dumps(doc, default=str)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,126 @@
+"""One uplink: a transport with the pump, the inventory sender and the command service on it.
+
+Every transport gets the same behaviour from here: the first attempt spread after a start (a
+district power cut brings hundreds of gateways back at once), one link state, and commands only
+when a command key is configured. A transport module (``agent.uplink.http``) builds one from its
+config section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.state import UplinkState
+from agent.uplink.base import CommandExecutor, Transport
+from agent.uplink.commands import CommandService, CommandVerifier
+from agent.uplink.inventory import InventorySender
+from agent.uplink.link import Link
+from agent.uplink.pump import UploadPump
+from buffer import AsyncBuffer
+
+__all__ = ["UplinkClient"]
+
+
+class UplinkClient:
+    """Sends the buffer's records to the platform and runs the platform's commands.
+
+    ``run`` works until cancelled (exceptions other than cancellation are bugs: the runtime's
+    supervisor logs them and calls ``run`` again); ``close`` releases the transport. ``clock``
+    (wall time in seconds) and ``rng`` exist so tests can give the gateway a wrong clock and fix
+    the jitter.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        gateway_id: str,
+        buffer: AsyncBuffer,
+        state: UplinkState,
+        inventory: Callable[[], Mapping[str, object]],
+        commands: tuple[CommandExecutor, Ed25519PublicKey] | None,
+        log: structlog.typing.FilteringBoundLogger,
+        max_records: int,
+        max_bytes: int,
+        backoff_cap_s: float,
+        first_attempt_jitter_s: float,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        backoff_first_s: float = 1.0,
+        idle_poll_s: float = 0.5,
+        inventory_check_s: float = 10.0,
+        gzip_level: int = 6,
+    ) -> None:
+        self.transport = transport
+        self._state = state
+        self._first_attempt_jitter_s = first_attempt_jitter_s
+        self._log = log
+        self._started = False
+        state.transport = transport.name
+        self.link = Link(
+            state,
+            address=transport.address,
+            log=log,
+            backoff_first_s=backoff_first_s,
+            backoff_cap_s=backoff_cap_s,
+            clock=clock,
+            rng=rng,
+        )
+        self._inventory = InventorySender(
+            transport, inventory=inventory, link=self.link, log=log, check_s=inventory_check_s
+        )
+        self.pump = UploadPump(
+            transport,
+            buffer=buffer,
+            link=self.link,
+            inventory=self._inventory,
+            log=log,
+            max_records=max_records,
+            max_bytes=max_bytes,
+            idle_poll_s=idle_poll_s,
+            gzip_level=gzip_level,
+        )
+        self.commands: CommandService | None = None
+        if commands is not None:
+            executor, key = commands
+            verifier = CommandVerifier(key, gateway_id=gateway_id, now_ms=transport.now_ms)
+            self.commands = CommandService(
+                transport, verifier=verifier, executor=executor, link=self.link, log=log
+            )
+
+    @property
+    def state(self) -> UplinkState:
+        return self._state
+
+    def now_ms(self) -> int:
+        """The platform's idea of now."""
+        return self.transport.now_ms()
+
+    def inventory_changed(self) -> None:
+        """Check the inventory on the next round, not after ``inventory_check_s``."""
+        self._inventory.changed()
+
+    async def run(self) -> None:
+        await self.transport.open()
+        if not self._started:
+            self._started = True
+            delay = self.link.uniform(self._first_attempt_jitter_s)
+            if delay > 0:
+                self._log.info("uplink.starting", first_attempt_in_s=round(delay, 2))
+                await self.link.wait(delay)
+        name = f"uplink[{self.transport.name}]"
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.pump.run(), name=f"{name}.records")
+            if self.commands is not None:
+                tasks.create_task(self.commands.run(), name=f"{name}.commands")
+
+    async def close(self) -> None:
+        await self.transport.close()
+        self._state.connected = False
+        self._state.next_attempt_ms = None

@@ -1,0 +1,222 @@
+"""The platform's commands, for every transport: poll, verify, run once, report.
+
+A command runs only when its Ed25519 signature verifies with the platform's key, it is for this
+gateway, it is well formed and not expired, and its id has not been run before (platforms may
+deliver twice, after a lost poll answer). The executor (the runtime's
+:class:`agent.commands.CommandRouter`) then applies the device's allowlist and audits it. The
+result is reported with retries; a refusal is reported with its reason, so the operator sees
+why a door did not open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.driver import CommandError
+from agent.uplink.base import (
+    REFUSAL_REASONS,
+    CommandExecutor,
+    Kind,
+    Transport,
+    UplinkConfigError,
+)
+from agent.uplink.link import Link
+from agent.uplink.wire import (
+    command_problem,
+    load_ed25519_public_key,
+    result_document,
+    verify_command,
+)
+
+__all__ = ["CommandService", "CommandVerifier", "Refusal", "load_command_key"]
+
+RESULT_ATTEMPTS: Final = 8
+_SEEN_MAX: Final = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    status: str
+    """What the platform hears: "refused" or "expired"."""
+    reason: str
+    message: str
+
+
+class CommandVerifier:
+    """Decides whether a command from the platform may run."""
+
+    def __init__(
+        self, key: Ed25519PublicKey, *, gateway_id: str, now_ms: Callable[[], int]
+    ) -> None:
+        self._key = key
+        self._gateway_id = gateway_id
+        self._now_ms = now_ms
+
+    def check(self, command: Mapping[str, object]) -> Refusal | None:
+        if not command.get("signature"):
+            return Refusal("refused", "unsigned", "the command carries no signature")
+        if not verify_command(self._key, command):
+            return Refusal("refused", "bad_signature", "the signature does not verify (tampered?)")
+        if command.get("gateway") != self._gateway_id:
+            return Refusal(
+                "refused", "wrong_gateway", f"the command is for gateway {command.get('gateway')!r}"
+            )
+        problem = command_problem(command)
+        if problem is not None:
+            return Refusal("refused", "malformed", problem)
+        expires = command["expires_ms"]
+        assert isinstance(expires, int)
+        now = self._now_ms()
+        if expires < now:
+            return Refusal("expired", "expired", f"expired {(now - expires) / 1000:.1f} s ago")
+        return None
+
+
+class _Seen:
+    """Ids of commands already handled, the newest ``limit`` of them."""
+
+    def __init__(self, limit: int = _SEEN_MAX) -> None:
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._limit = limit
+
+    def add(self, command_id: str) -> bool:
+        """True when ``command_id`` is new (and now recorded)."""
+        if command_id in self._ids:
+            return False
+        self._ids[command_id] = None
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+        return True
+
+
+class CommandService:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        verifier: CommandVerifier,
+        executor: CommandExecutor,
+        link: Link,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self._transport = transport
+        self._verifier = verifier
+        self._executor = executor
+        self._link = link
+        self._log = log
+        self._seen = _Seen()
+        self._failures = 0
+        self._error: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            polled = await self._transport.poll_commands()
+            outcome = polled.outcome
+            if outcome.kind is not Kind.ACK:
+                await self._back_off(outcome.error, outcome.retry_after_s)
+                continue
+            if self._failures:
+                self._log.info("uplink.commands_recovered", failed_polls=self._failures)
+            self._failures = 0
+            self._error = None
+            for command in polled.commands:
+                await self.handle(command)
+
+    async def _back_off(self, error: str | None, retry_after_s: float | None) -> None:
+        self._failures += 1
+        if error != self._error:
+            self._log.warning("uplink.commands_failing", error=error)
+            self._error = error
+        await asyncio.sleep(self._link.delay(self._failures, retry_after_s))
+
+    async def handle(self, command: object) -> None:
+        command_id = command.get("id") if isinstance(command, dict) else None
+        if not isinstance(command, dict) or not isinstance(command_id, str) or not command_id:
+            self._log.warning("command.malformed", hint="a command without an id is ignored")
+            return
+        if not self._seen.add(command_id):
+            self._log.debug("command.duplicate", command_id=command_id)
+            return
+        audit = {
+            "command_id": command_id,
+            "device": command.get("device"),
+            "action": command.get("action"),
+        }
+        refusal = self._verifier.check(command)
+        if refusal is not None:
+            self._log.warning(
+                "command.refused", **audit, status=refusal.status, reason=refusal.reason
+            )
+            await self._report(
+                command_id, refusal.status, reason=refusal.reason, error=refusal.message
+            )
+            return
+        try:
+            result = await self._executor(
+                command["device"],
+                command["action"],
+                command["args"],
+                source="platform",
+                command_id=command_id,
+            )
+        except CommandError as exc:
+            status = "refused" if exc.reason in REFUSAL_REASONS else "failed"
+            await self._report(command_id, status, reason=exc.reason, error=str(exc))
+            return
+        except Exception as exc:
+            self._log.exception("command.crashed", **audit)
+            await self._report(
+                command_id, "failed", reason="internal_error", error=f"{type(exc).__name__}: {exc}"
+            )
+            return
+        await self._report(command_id, "ok", result=dict(result))
+
+    async def _report(
+        self,
+        command_id: str,
+        status: str,
+        *,
+        result: Mapping[str, object] | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        problem: str | None = None
+        for attempt in range(1, RESULT_ATTEMPTS + 1):
+            document = result_document(
+                status, self._transport.now_ms(), result=result, reason=reason, error=error
+            )
+            outcome = await self._transport.report_result(command_id, document)
+            if outcome.kind is Kind.ACK:
+                return
+            if outcome.kind in (Kind.POISON, Kind.SPLIT):
+                self._log.error(
+                    "command.result_rejected", command_id=command_id, error=outcome.error
+                )
+                return
+            problem = outcome.error
+            if attempt < RESULT_ATTEMPTS:
+                await asyncio.sleep(self._link.delay(attempt, outcome.retry_after_s))
+        self._log.error("command.result_lost", command_id=command_id, status=status, error=problem)
+
+
+def load_command_key(path: Path | None, *, section: str) -> Ed25519PublicKey:
+    """The platform's Ed25519 public key from ``path``, the ``command_key_file`` of the config
+    section ``section`` (``uplink.http``), which the errors name."""
+    if path is None:
+        raise UplinkConfigError(
+            f"{section}.command_key_file is required when commands are on: it is the "
+            "platform's Ed25519 public key (PEM) that proves commands come from the platform "
+            f"(or set {section}.commands: false)"
+        )
+    try:
+        return load_ed25519_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UplinkConfigError(f"{section}.command_key_file {path}: {exc}") from exc
