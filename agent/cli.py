@@ -172,7 +172,13 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_OWN_COMMANDS = frozenset(
+    {"run", "check-config", "buffer", "demo", "command", "hash-password", "reference-platform"}
+)
+"""The commands of the agent itself: running one of them loads no driver's tools."""
+
+
+def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Community edge gateway agent: devices -> durable buffer -> city platform.",
@@ -250,12 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Installer tools of each driver family (`scan modbus`, `read modbus`), found through the
     # registry; building the parser imports no protocol library.
-    from agent.tools import agent_runner  # noqa: PLC0415
-    from drivers import DRIVERS, load_cli  # noqa: PLC0415
+    if driver_tools:
+        from agent.tools import agent_runner  # noqa: PLC0415
+        from drivers import DRIVERS, load_cli  # noqa: PLC0415
 
-    for name, spec in DRIVERS.items():
-        if spec.cli is not None:
-            load_cli(name)(sub, agent_runner)
+        for name, spec in DRIVERS.items():
+            if spec.cli is not None:
+                load_cli(name)(sub, agent_runner)
 
     ref = sub.add_parser(
         "reference-platform",
@@ -268,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(driver_tools=argv[:1] == [] or argv[0] not in _OWN_COMMANDS)
     if argv[:1] == ["reference-platform"]:
         # argparse's REMAINDER drops options that come first; the platform has its own parser.
         return _reference_platform(argparse.Namespace(rest=argv[1:]))

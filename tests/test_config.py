@@ -370,8 +370,19 @@ def test_driver_model_must_declare_its_literal(
     monkeypatch.setattr(
         drivers, "config_model", lambda name: Misdeclared if name == "bad" else real(name)
     )
+    # Checked when a file names the driver: a driver no device names is not even imported.
+    load_config(write(tmp_path, GATEWAY))
     with pytest.raises(TypeError, match=r"Misdeclared must declare driver: Literal\['bad'\]"):
-        load_config(write(tmp_path, GATEWAY))
+        load_config(write(tmp_path, GATEWAY + "devices:\n  - {id: x, driver: bad}\n"))
+
+
+def test_every_registered_driver_keeps_the_model_contract() -> None:
+    from agent.config._validate import device_model
+
+    for name in drivers.DRIVERS:
+        model = device_model(name)
+        assert model is not None
+        assert issubclass(model, DeviceConfig)
 
 
 # --- check-config --------------------------------------------------------------------------------
@@ -505,3 +516,21 @@ def test_a_protocol_the_line_settings_do_not_suit_is_refused_with_the_line(tmp_p
             "not supported)"
         ),
     ]
+
+
+def test_the_loaded_config_is_the_validated_one_rebuilt(tmp_path: Path) -> None:
+    """``load_config`` hands back a copy rebuilt from a pickle (to free the parser's memory): it
+    must equal what validation made, keep the built class and its device models, and pickle
+    again (SIGHUP compares old and new configs)."""
+    import pickle
+
+    from agent.config.loader import _load
+
+    site = VALID / "site.yaml"
+    loaded, validated = load_config(site), _load(str(site))
+    assert loaded == validated
+    assert type(loaded) is type(validated)
+    assert [type(d) for d in loaded.devices] == [type(d) for d in validated.devices]
+    assert {d.driver for d in loaded.devices} >= {"simulated"}
+    assert pickle.loads(pickle.dumps(loaded)) == loaded  # noqa: S301
+    assert loaded.model_copy(update={"devices": []}).devices == []

@@ -248,3 +248,75 @@ def test_the_reference_platform_imports_only_the_wire_contract() -> None:
         if _inside(module, ("agent", "drivers", "buffer")) and module != "agent.uplink.wire"
     ]
     assert problems == []
+
+
+_RUN_AND_LIST_MODULES = """
+import asyncio, json, sys
+from agent.config.loader import load_config
+from agent.app import App
+from agent.logs import configure_logging
+
+config = load_config(sys.argv[1])
+configure_logging(config.logging)
+
+async def main() -> None:
+    app = App(config, config_path=sys.argv[1])
+    await app.start()
+    print("MODULES " + json.dumps(sorted(sys.modules)), flush=True)
+    app.runtime.request_stop()
+    await app.run(install_signals=False, started=True)
+
+asyncio.run(main())
+"""
+
+
+def test_what_a_configuration_does_not_use_is_not_imported(tmp_path: Path) -> None:
+    """A simulated meter, no page, no uplink: no Modbus, no web, no platform, no HTTP client."""
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "gateway: {id: gw-1, community: {code: '350102001001'}}\n"
+        f"buffer: {{path: {tmp_path / 'buffer.db'}}}\n"
+        f"control: {{socket: {tmp_path / 'control.sock'}}}\n"
+        "logging: {level: warning}\n"
+        "web: {enabled: false}\n"
+        "devices:\n"
+        "  - {id: m1, driver: simulated, points: [{name: a, kind: constant, value: 1}]}\n",
+        encoding="utf-8",
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_LIST_MODULES, str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (line,) = [x for x in run.stdout.splitlines() if x.startswith("MODULES ")]
+    loaded = json.loads(line.removeprefix("MODULES "))
+    assert "drivers.simulated.driver" in loaded, "the check must see a running agent"
+    unused = [
+        m
+        for m in loaded
+        if _inside(m, ("drivers.modbus", "pymodbus", "agent.web", "reference_platform"))
+        or _inside(m, ("agent.uplink.http", "aiohttp.web"))
+    ]
+    assert unused == []
+
+
+def test_the_agent_command_loads_no_driver_tools() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from agent.cli import main\n"
+        "try:\n    main(['check-config', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('drivers.')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip().splitlines()[-1] == "[]"

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config._validate import device_models
+from agent.config._validate import device_model
 from agent.config._yaml import Source
 from agent.config.errors import ConfigIssue, PathKey, format_path, known_hint
 from agent.config.identity import gateway_code, resolved_code
@@ -60,7 +60,7 @@ def _check_bus(
     source: Source, i: int, raw: dict[str, Any], buses: dict[str, str | None]
 ) -> list[ConfigIssue]:
     driver = raw.get("driver")
-    model = device_models().get(driver) if isinstance(driver, str) else None
+    model = device_model(driver) if isinstance(driver, str) else None
     bus = raw.get("bus")
     path: Path_ = ("devices", i, "bus")
     if bus is None:
@@ -93,7 +93,7 @@ def _check_bus(
 
 def _check_commands(source: Source, i: int, raw: dict[str, Any]) -> list[ConfigIssue]:
     driver = raw.get("driver")
-    model = device_models().get(driver) if isinstance(driver, str) else None
+    model = device_model(driver) if isinstance(driver, str) else None
     actions = raw.get("commands")
     if model is None or not isinstance(actions, list):
         return []

@@ -9,7 +9,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -22,7 +22,7 @@ from agent.config.models import EVENT_TYPE, IDENT, AgentConfig, DeviceConfig
 
 __all__ = [
     "agent_model",
-    "device_models",
+    "device_model",
     "issues_from",
     "show",
 ]
@@ -52,37 +52,65 @@ _KINDS_OF_VALUE = {
 }
 
 
-def device_models() -> dict[str, type[DeviceConfig]]:
-    """Each registered driver's device model, checked against the contract."""
-    return _device_models(
-        tuple(sorted((name, spec.config) for name, spec in drivers.DRIVERS.items()))
-    )
+def device_model(driver: str) -> type[DeviceConfig] | None:
+    """The device model of a registered driver (imported now, checked against the contract);
+    None for a name the registry does not know."""
+    spec = drivers.DRIVERS.get(driver)
+    return None if spec is None else _device_model(driver, spec.config)
 
 
 @functools.cache
-def _device_models(registry: tuple[tuple[str, str], ...]) -> dict[str, type[DeviceConfig]]:
-    models: dict[str, type[DeviceConfig]] = {}
-    for name, _ in registry:
-        model = drivers.config_model(name)
-        if not (isinstance(model, type) and issubclass(model, DeviceConfig)):
-            raise TypeError(f"driver {name!r}: config model {model!r} must subclass DeviceConfig")
-        field = model.model_fields.get("driver")
-        if field is None or _literal_values(field.annotation) != (name,):
-            raise TypeError(
-                f"driver {name!r}: {model.__name__} must declare driver: Literal[{name!r}]"
-            )
-        models[name] = model
-    return models
+def _device_model(name: str, where: str) -> type[DeviceConfig]:
+    # Keyed by where the model lives too (``where``), so a registry changed by a test is seen.
+    model = drivers.config_model(name)
+    del where
+    if not (isinstance(model, type) and issubclass(model, DeviceConfig)):
+        raise TypeError(f"driver {name!r}: config model {model!r} must subclass DeviceConfig")
+    field = model.model_fields.get("driver")
+    if field is None or _literal_values(field.annotation) != (name,):
+        raise TypeError(f"driver {name!r}: {model.__name__} must declare driver: Literal[{name!r}]")
+    return model
 
 
-def agent_model() -> type[AgentConfig]:
-    """``AgentConfig`` whose ``devices`` is the union of every registered driver's model."""
-    return _agent_model(tuple(device_models().values()))
+def agent_model(names: Sequence[object]) -> type[AgentConfig]:
+    """``AgentConfig`` whose ``devices`` is the union of the models of the drivers ``names``
+    mentions (the ``driver`` values of a file): a driver no device names is never imported.
+    A name the registry does not know is reported from the registry, not from this union."""
+    registered = [n for n in names if isinstance(n, str) and n in drivers.DRIVERS]
+    wanted = set(registered)
+    if len(registered) < len(names):
+        # A missing or unknown driver: validate against every driver, as the messages expect.
+        wanted = set(drivers.DRIVERS)
+    models = (device_model(n) for n in sorted(wanted))
+    return _agent_model(tuple(m for m in models if m is not None))
+
+
+class _Unnamed(DeviceConfig):
+    """Second member of a union that names one driver: pydantic discriminates only unions."""
+
+    driver: Literal[""]
 
 
 def _tagged_union(models: tuple[type[DeviceConfig], ...]) -> Any:
     # Built at run time from the registry, so no static type can spell it.
-    return Annotated[Union[models], Field(discriminator="driver")]  # noqa: UP007
+    members = models if len(models) > 1 else (*models, _Unnamed)
+    return Annotated[Union[members], Field(discriminator="driver")]  # noqa: UP007
+
+
+class _BuiltConfig(AgentConfig):
+    """Base of the configurations built by :func:`_agent_model`: such a class exists only at
+    run time, so pickle finds it again by the device models it was built from."""
+
+    device_models: ClassVar[tuple[type[DeviceConfig], ...]] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self).device_models, self.__getstate__()))
+
+
+def _restore(models: tuple[type[DeviceConfig], ...], state: dict[Any, Any]) -> AgentConfig:
+    config = _agent_model(models).__new__(_agent_model(models))
+    config.__setstate__(state)
+    return config
 
 
 @functools.cache
@@ -91,12 +119,13 @@ def _agent_model(models: tuple[type[DeviceConfig], ...]) -> type[AgentConfig]:
         return AgentConfig
     devices: Any = list[_tagged_union(models)]  # type: ignore[misc]
     default: Any = Field(default_factory=list)
-    built: type[AgentConfig] = create_model(
+    built: type[_BuiltConfig] = create_model(
         "AgentConfig",
-        __base__=AgentConfig,
+        __base__=_BuiltConfig,
         __module__=AgentConfig.__module__,
         devices=(devices, default),
     )
+    built.device_models = models
     return built
 
 

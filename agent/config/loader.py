@@ -9,6 +9,8 @@ either returns the configuration or raises one :class:`ConfigError` listing ever
 from __future__ import annotations
 
 import collections
+import gc
+import pickle
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -33,12 +35,29 @@ def load_config(path: Path | str) -> AgentConfig:
     against the directory of the YAML file they are written in, so the agent finds them whatever
     its working directory.
     """
-    file = str(path)  # Errors name the file as the installer typed it.
+    config = _load(str(path))  # Errors name the file as the installer typed it.
+    # Rebuilt from a pickle once everything the parse made is gone. The configuration's objects
+    # were made among the parser's (nodes, marks, positions), and would keep that memory from
+    # going back to the system: 4,000 points pinned 20 MB more than they use.
+    frozen = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
+    del config
+    gc.collect()
+    restored: AgentConfig = pickle.loads(frozen)  # noqa: S301 - made above, from our own objects
+    return restored
+
+
+def _load(file: str) -> AgentConfig:
     source = load_source(file)
     issues: list[ConfigIssue] = list(source.issues)
     if source.data is None:
         raise ConfigError(issues)
-    model = agent_model()
+    raw_devices = source.data.get("devices") if isinstance(source.data, dict) else None
+    named = (
+        [d.get("driver") for d in raw_devices if isinstance(d, dict)]
+        if isinstance(raw_devices, list)
+        else []
+    )
+    model = agent_model(named)
     config: AgentConfig | None = None
     try:
         config = model.model_validate(source.data)
