@@ -1,43 +1,42 @@
-"""The runtime: the agent's lifecycle for one config, and the supervision of its tasks.
+"""The runtime: the agent's lifecycle for one config.
 
 It opens the buffer, starts the devices (:mod:`agent.devices`), the uplink and the services it
 is given (:mod:`agent.app`: the control socket, the page), reloads on SIGHUP and stops cleanly
-on SIGTERM. Every long-lived task has a name (``driver[simulated:meter-3]``, ``uplink[http]``,
-``buffer-figures``) and runs under :meth:`Runtime._supervise`: a crash is logged, counted,
-reported as an ``agent.task_crashed`` event, backed off and restarted; it never takes the agent
-down. Its seams are modules of their own: the sink (:mod:`agent.sink`, nothing is accepted that
-is not durable when it returns), commands (:mod:`agent.commands`), the inventory
-(:mod:`agent.inventory`), availability (:mod:`agent.availability`). SIGTERM waits for the
-buffer to flush before the process exits.
+on SIGTERM, waiting for the buffer to flush before the process exits. It also answers what the
+page asks (:class:`agent.view.AgentView`). Its seams are modules of their own: every long-lived
+task runs under the supervisor (:mod:`agent.supervisor`), records enter through the sink
+(:mod:`agent.sink`: nothing is accepted that is not durable when it returns), commands are
+routed by :mod:`agent.commands`, the inventory is built by :mod:`agent.inventory`, availability
+is :mod:`agent.availability`, and the uplink is built by :func:`agent.uplink.client.build_uplink`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import __version__, backoff
+from agent import __version__
 from agent.availability import Availability
 from agent.bus import Priority, priority
 from agent.clock import Clock
 from agent.commands import CommandRouter
-from agent.config.models import AgentConfig, Bus
+from agent.config.models import AgentConfig
 from agent.devices import DeviceEntry, Devices
-from agent.driver import CommandError, CommandHandler, DeviceError, GatewayIdentity
+from agent.driver import CommandHandler, DeviceError, GatewayIdentity
 from agent.ingest import IngestQueue
 from agent.inventory import build_inventory
 from agent.logs import get_logger
 from agent.records import Record, Severity
 from agent.sink import Sink
-from agent.state import AgentState, DeviceState
+from agent.state import AgentState
+from agent.supervisor import Supervisor
 from agent.systemd import Notifier, watchdog_loop
+from agent.tools import run_on_own_bus
 from buffer import AsyncBuffer
-from drivers import DRIVERS
 
 if TYPE_CHECKING:
     from agent.uplink.client import UplinkClient
@@ -53,7 +52,6 @@ class Service(Protocol):
     async def close(self) -> None: ...
 
 
-_RESTART_BACKOFF_MAX_S = 60.0
 BUFFER_CHECK_ANNOUNCE_BYTES = 64 * 2**20
 """A buffer file this large gets systemd's start timeout extended while it is checked."""
 BUFFER_CHECK_BYTES_PER_S = 2 * 2**20
@@ -83,7 +81,6 @@ class Runtime:
         self.state = AgentState(gateway_id=config.gateway.id, version=__version__)
         self.state.clock_synced = self.clock.synced
         self.buffer: AsyncBuffer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self.sink = Sink(
             lambda: self.buffer,
             state=self.state,
@@ -104,6 +101,9 @@ class Runtime:
         self.availability = Availability(
             self.state, push=self.ingest.push, stamp=self.clock.stamp, log=self.log
         )
+        self.supervisor = Supervisor(
+            state=self.state, availability=self.availability, sink=self.sink, log=self.log
+        )
         self._devices = Devices(
             gateway=GatewayIdentity(config.gateway.id, config.gateway.community.code),
             state=self.state,
@@ -112,8 +112,8 @@ class Runtime:
             push=self.ingest.push,
             stamp=self.clock.stamp,
             log=self.log,
-            supervise=self._supervise,
-            spawn=self._spawn,
+            supervise=self.supervisor.supervise,
+            spawn=self.supervisor.spawn,
             inventory_changed=self._inventory_changed,
         )
         self._stop = asyncio.Event()
@@ -123,71 +123,6 @@ class Runtime:
         self.services: list[Service] = []
         """Started in order after the devices and the uplink, closed in reverse first at stop:
         the control socket and the page (:mod:`agent.app` puts them here)."""
-
-    # ---------------------------------------------------------------- tasks
-
-    def _spawn(self, name: str, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        """A long-lived task, supervised: one sqlite error in the buffer's figures must not
-        freeze them for good."""
-        return self._spawn(name, self._supervise(name, body))
-
-    async def _supervise(
-        self,
-        name: str,
-        body: Callable[[], Awaitable[None]],
-        devices: Sequence[DeviceState] = (),
-    ) -> None:
-        """Run ``body`` until it returns; restart it with backoff whenever it raises."""
-        restarts = 0
-        while not self._stop.is_set():
-            try:
-                await body()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                restarts += 1
-                self.state.task_restarts += 1
-                # Not being read is offline for the platform, whatever the cause; the next good
-                # read (or record) reports the device online again.
-                offline = []
-                for device in devices:
-                    device.restarts += 1
-                    device.errors["driver_error"] += 1
-                    status = self.availability.down(device.id, "driver_error", str(exc))
-                    if status is not None:
-                        offline.append(status)
-                if offline:
-                    await self.sink(offline)
-                delay = backoff.spread(
-                    backoff.delay(restarts - 1, first_s=1.0, cap_s=_RESTART_BACKOFF_MAX_S), 0.2
-                )
-                self.log.error(
-                    "task.crashed",
-                    task=name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    restarts=restarts,
-                    restart_in_s=round(delay, 2),
-                    exc_info=exc if restarts == 1 else None,
-                )
-                await self.event(
-                    "agent.task_crashed",
-                    Severity.WARNING,
-                    task=name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    restarts=restarts,
-                    restart_in_s=round(delay, 2),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-            else:
-                return
 
     # ---------------------------------------------------------------- devices
 
@@ -244,47 +179,10 @@ class Runtime:
     async def run_tool(
         self, driver: str, tool: str, bus: Mapping[str, Any], options: Mapping[str, Any]
     ) -> Mapping[str, Any]:
-        """Run a driver's bus tool (``scan``, ``read``) on the agent's own bus, at test-read
-        priority, for an installer whose port the agent holds. ``bus`` is the line the tool was
-        pointed at: ``{"serial": {"port", "baud", ...}}`` or ``{"tcp": {"host", "port", ...}}``.
-        Raises ``CommandError('not_my_bus')`` when the agent does not use it (the tool then opens
-        the port itself) and ``'settings_differ'`` when it runs that line differently."""
-        from drivers import bus_tool  # noqa: PLC0415
-
-        if driver not in DRIVERS:
-            raise CommandError("unknown_driver", f"no driver {driver!r}")
-        own = self._own_bus(bus)
-        try:
-            run = bus_tool(driver, tool)
-        except (KeyError, ImportError) as exc:
-            raise CommandError("unknown_tool", str(exc)) from None
-        handle = self._devices.bus(own)
-        self.log.info("tool.run", driver=driver, tool=tool, bus=own.id)
-        with priority(Priority.TEST_READ):
-            return await run(handle, options)
-
-    def _own_bus(self, wanted: Mapping[str, Any]) -> Bus:
-        serial, tcp = wanted.get("serial"), wanted.get("tcp")
-        for bus in self.config.buses:
-            if bus.serial is not None and isinstance(serial, Mapping):
-                if os.path.realpath(bus.serial.port) != os.path.realpath(str(serial.get("port"))):
-                    continue
-                theirs = {k: serial[k] for k in ("baud", "parity", "stop_bits") if k in serial}
-                ours = {k: getattr(bus.serial, k) for k in theirs}
-                if theirs != ours:
-                    raise CommandError(
-                        "settings_differ",
-                        f"the agent runs {bus.serial.port} (bus {bus.id!r}) with {ours}, "
-                        f"not {theirs}: use the agent's settings, or change the config",
-                    )
-                return bus
-            if (
-                bus.tcp is not None
-                and isinstance(tcp, Mapping)
-                and (bus.tcp.host, bus.tcp.port) == (tcp.get("host"), tcp.get("port"))
-            ):
-                return bus
-        raise CommandError("not_my_bus", "the agent does not use that bus")
+        """A driver's bus tool on the agent's own line (:func:`agent.tools.run_on_own_bus`)."""
+        return await run_on_own_bus(
+            self.config.buses, self._devices.bus, driver, tool, bus, options, log=self.log
+        )
 
     def inventory(self) -> dict[str, Any]:
         return build_inventory(self.config, self._devices.reported())
@@ -293,6 +191,7 @@ class Runtime:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self.supervisor.winding_down()
 
     async def _refresh_buffer_figures(self) -> None:
         assert self.buffer is not None
@@ -315,26 +214,20 @@ class Runtime:
         await self.event("agent.clock_synced", correction_ms=delta_ms, records_corrected=fixed)
 
     async def _start_uplink(self) -> None:
-        http = self.config.uplink.http
-        if http is None:
-            self.log.info("uplink.none", hint="no uplink configured: records stay in the buffer")
-            return
-        from agent.config.secrets import SecretError, read_secret  # noqa: PLC0415
+        from agent.config.secrets import SecretError  # noqa: PLC0415
         from agent.uplink.base import UplinkConfigError  # noqa: PLC0415
-        from agent.uplink.http import HttpUplinkClient  # noqa: PLC0415
+        from agent.uplink.client import build_uplink  # noqa: PLC0415
 
         assert self.buffer is not None
-        self.state.uplink.transport = "http"
         try:
-            self.uplink = HttpUplinkClient(
-                http,
+            self.uplink = build_uplink(
+                self.config.uplink,
                 gateway=self.config.gateway,
-                secret=read_secret(http.secret),
                 buffer=self.buffer,
                 state=self.state.uplink,
                 inventory=self.inventory,
                 commands=self.execute_command,
-                log=self.log.bind(task="uplink[http]"),
+                log=self.log,
                 agent_version=__version__,
             )
         except (SecretError, UplinkConfigError) as exc:
@@ -345,7 +238,11 @@ class Runtime:
             self.log.error("uplink.misconfigured", error=str(exc), hint="fix, then reload")
             await self.event("agent.uplink_misconfigured", Severity.ALARM, error=str(exc))
             return
-        self._uplink_task = self._keep(f"uplink[{self.uplink.transport.name}]", self.uplink.run)
+        if self.uplink is None:
+            self.log.info("uplink.none", hint="no uplink configured: records stay in the buffer")
+            return
+        name = f"uplink[{self.uplink.transport.name}]"
+        self._uplink_task = self.supervisor.keep(name, self.uplink.run)
 
     async def _stop_uplink(self) -> None:
         uplink, task = self.uplink, self._uplink_task
@@ -413,7 +310,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: self._spawn("config-reload", self._reload_logged())
+            signal.SIGHUP, lambda: self.supervisor.spawn("config-reload", self._reload_logged())
         )
 
     async def _reload_logged(self) -> None:
@@ -466,12 +363,13 @@ class Runtime:
             clock_synced=self.clock.synced,
         )
         await self.event("agent.started", version=__version__, epoch=self.buffer.epoch)
-        self._keep("buffer-figures", self._refresh_buffer_figures)
+        keep = self.supervisor.keep
+        keep("buffer-figures", self._refresh_buffer_figures)
         if not self.clock.synced:
             self.log.warning("clock.unsynced", hint="records are marked ts_synced=false until NTP")
-            self._keep("clock-watch", lambda: self.clock.watch(self._clock_synced))
-        self._keep("ingest", self.ingest.run)
-        self._keep("stale-watch", self.availability.watch_stale)
+            keep("clock-watch", lambda: self.clock.watch(self._clock_synced))
+        keep("ingest", self.ingest.run)
+        keep("stale-watch", self.availability.watch_stale)
         await self._start_uplink()
         self._devices.start(cfg, cfg.devices)
         for service in self.services:
@@ -490,9 +388,7 @@ class Runtime:
                 await service.close()
         await self._devices.stop()
         await self._stop_uplink()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.buffer is not None:
             # What push drivers queued was accepted from them: it reaches the buffer too.
             with contextlib.suppress(Exception):
@@ -514,7 +410,8 @@ class Runtime:
             if self._watchdog_s:
                 # Pinged from this event loop: a stuck loop stops the pings and systemd restarts
                 # the agent. Only after READY: a slow start is TimeoutStartSec's business.
-                self._spawn("systemd-watchdog", watchdog_loop(self._notifier, self._watchdog_s))
+                watchdog = watchdog_loop(self._notifier, self._watchdog_s)
+                self.supervisor.spawn("systemd-watchdog", watchdog)
         try:
             await self._stop.wait()
         finally:

@@ -4,24 +4,28 @@ An RS-485 line has one master. While the agent runs on a port, ``edge-agent scan
 …`` must not open it a second time: :func:`agent_runner` asks the agent's control socket to run
 the driver's bus tool on its own line, where the tool's transactions take their turns (at
 test-read priority) between the agent's polls. When no agent answers, or the agent does not use
-that bus, the tool opens the port itself.
+that bus, the tool opens the port itself. The agent's side of it is :func:`run_on_own_bus`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from agent.driver import CommandError
 
 if TYPE_CHECKING:
+    import structlog
+
+    from agent.bus import BusHandle
     from agent.config.models import Bus
 
-__all__ = ["DEFAULT_CONFIG", "agent_runner"]
+__all__ = ["DEFAULT_CONFIG", "agent_runner", "run_on_own_bus"]
 
 DEFAULT_CONFIG: Final = Path("/etc/edge-agent/agent.yaml")
 _TOOL_TIMEOUT_S: Final = 900.0
@@ -81,3 +85,58 @@ def agent_runner(
     from agent.driver.testing import run_tool_locally  # noqa: PLC0415
 
     return run_tool_locally(driver, tool, bus, options)
+
+
+async def run_on_own_bus(
+    buses: Sequence[Bus],
+    handle: Callable[[Bus], BusHandle],
+    driver: str,
+    tool: str,
+    bus: Mapping[str, Any],
+    options: Mapping[str, Any],
+    *,
+    log: structlog.typing.FilteringBoundLogger,
+) -> Mapping[str, Any]:
+    """Run a driver's bus tool (``scan``, ``read``) on the agent's own bus, at test-read
+    priority, for an installer whose port the agent holds. ``bus`` is the line the tool was
+    pointed at: ``{"serial": {"port", "baud", ...}}`` or ``{"tcp": {"host", "port", ...}}``;
+    ``buses`` are the agent's and ``handle`` gives the open line of one. Raises
+    ``CommandError('not_my_bus')`` when the agent does not use it (the tool then opens the port
+    itself) and ``'settings_differ'`` when it runs that line differently."""
+    from agent.bus import Priority, priority  # noqa: PLC0415
+    from drivers import DRIVERS, bus_tool  # noqa: PLC0415
+
+    if driver not in DRIVERS:
+        raise CommandError("unknown_driver", f"no driver {driver!r}")
+    own = _own_bus(buses, bus)
+    try:
+        run = bus_tool(driver, tool)
+    except (KeyError, ImportError) as exc:
+        raise CommandError("unknown_tool", str(exc)) from None
+    log.info("tool.run", driver=driver, tool=tool, bus=own.id)
+    with priority(Priority.TEST_READ):
+        return await run(handle(own), options)
+
+
+def _own_bus(buses: Sequence[Bus], wanted: Mapping[str, Any]) -> Bus:
+    serial, tcp = wanted.get("serial"), wanted.get("tcp")
+    for bus in buses:
+        if bus.serial is not None and isinstance(serial, Mapping):
+            if os.path.realpath(bus.serial.port) != os.path.realpath(str(serial.get("port"))):
+                continue
+            theirs = {k: serial[k] for k in ("baud", "parity", "stop_bits") if k in serial}
+            ours = {k: getattr(bus.serial, k) for k in theirs}
+            if theirs != ours:
+                raise CommandError(
+                    "settings_differ",
+                    f"the agent runs {bus.serial.port} (bus {bus.id!r}) with {ours}, "
+                    f"not {theirs}: use the agent's settings, or change the config",
+                )
+            return bus
+        if (
+            bus.tcp is not None
+            and isinstance(tcp, Mapping)
+            and (bus.tcp.host, bus.tcp.port) == (tcp.get("host"), tcp.get("port"))
+        ):
+            return bus
+    raise CommandError("not_my_bus", "the agent does not use that bus")

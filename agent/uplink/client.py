@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.config.models import Gateway, UplinkConfig
 from agent.state import UplinkState
 from agent.uplink.base import CommandExecutor, Transport
 from agent.uplink.commands import CommandService, CommandVerifier
@@ -24,7 +25,7 @@ from agent.uplink.link import Link
 from agent.uplink.pump import UploadPump
 from buffer import AsyncBuffer
 
-__all__ = ["UplinkClient"]
+__all__ = ["UplinkClient", "build_uplink"]
 
 
 class UplinkClient:
@@ -124,3 +125,36 @@ class UplinkClient:
         await self.transport.close()
         self._state.connected = False
         self._state.next_attempt_ms = None
+
+
+def build_uplink(
+    config: UplinkConfig,
+    *,
+    gateway: Gateway,
+    buffer: AsyncBuffer,
+    state: UplinkState,
+    inventory: Callable[[], Mapping[str, object]],
+    commands: CommandExecutor,
+    log: structlog.typing.FilteringBoundLogger,
+    agent_version: str,
+) -> UplinkClient | None:
+    """The uplink the config asks for, None when it asks for none. Raises
+    :class:`agent.uplink.base.UplinkConfigError` or :class:`agent.config.secrets.SecretError`
+    when it cannot start (a key file missing or invalid). The transport's module is imported
+    only here."""
+    if config.http is None:
+        return None
+    from agent.config.secrets import read_secret  # noqa: PLC0415
+    from agent.uplink.http import HttpUplinkClient  # noqa: PLC0415
+
+    return HttpUplinkClient(
+        config.http,
+        gateway=gateway,
+        secret=read_secret(config.http.secret),
+        buffer=buffer,
+        state=state,
+        inventory=inventory,
+        commands=commands,
+        log=log.bind(task="uplink[http]"),
+        agent_version=agent_version,
+    )

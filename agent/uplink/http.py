@@ -10,6 +10,7 @@ other 4xx makes it poison. What the pump does with each outcome is the same for 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import ssl
@@ -51,8 +52,26 @@ _SKEW_RESOLUTION_MS: Final = 1500
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
+_JSON: Final = {"Content-Type": "application/json"}
+_GZIPPED_JSON: Final = {**_JSON, "Content-Encoding": "gzip"}
+
+
 class _AnswerTooLargeError(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    """Below the base URL, percent-encoded."""
+    body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: _JSON)
+    query: str = ""
+    timeout_s: float | None = None
+    """None: ``uplink.http.timeout_s``."""
+    observe_date: bool = True
+    """Correct the clock skew from the answer's ``Date``."""
 
 
 class _Response:
@@ -139,27 +158,24 @@ class HttpTransport:
 
     async def send(self, payload: Payload) -> Outcome:
         return await self._call(
-            "POST",
-            f"{self._gw_path}/records",
-            payload.gzipped,
-            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            _Request("POST", f"{self._gw_path}/records", payload.gzipped, _GZIPPED_JSON)
         )
 
     async def put_inventory(self, document: bytes) -> Outcome:
-        return await self._call(
-            "PUT", f"{self._gw_path}/inventory", document, {"Content-Type": "application/json"}
-        )
+        return await self._call(_Request("PUT", f"{self._gw_path}/inventory", document))
 
     async def poll_commands(self) -> Polled:
         outcome = await self._call(
-            "GET",
-            f"{self._gw_path}/commands",
-            b"",
-            {},
-            query=f"wait_s={self._long_poll_s:g}",
-            timeout_s=self._long_poll_s + self._config.timeout_s,
-            # The platform answers at the end of the wait: its Date is not the middle of it.
-            observe_date=False,
+            _Request(
+                "GET",
+                f"{self._gw_path}/commands",
+                b"",
+                {},
+                query=f"wait_s={self._long_poll_s:g}",
+                timeout_s=self._long_poll_s + self._config.timeout_s,
+                # The platform answers at the end of the wait: its Date is not the middle of it.
+                observe_date=False,
+            )
         )
         if outcome.kind is not Kind.ACK:
             return Polled(outcome)
@@ -170,31 +186,14 @@ class HttpTransport:
 
     async def report_result(self, command_id: str, document: bytes) -> Outcome:
         path = f"{self._gw_path}/commands/{urllib.parse.quote(command_id, safe='')}/result"
-        return await self._call("POST", path, document, {"Content-Type": "application/json"})
+        return await self._call(_Request("POST", path, document))
 
     # ------------------------------------------------------------------ outcomes
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        query: str = "",
-        timeout_s: float | None = None,
-        observe_date: bool = True,
-    ) -> Outcome:
+    async def _call(self, request: _Request) -> Outcome:
+        """The outcome of one request: network errors are RETRY outcomes, never raised."""
         try:
-            resp = await self._request(
-                method,
-                path,
-                body,
-                headers,
-                query=query,
-                timeout_s=timeout_s,
-                observe_date=observe_date,
-            )
+            resp = await self._request(request)
         except _AnswerTooLargeError:
             return Outcome(
                 Kind.RETRY,
@@ -259,26 +258,17 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        query: str = "",
-        timeout_s: float | None = None,
-        observe_date: bool = True,
-    ) -> _Response:
+    async def _request(self, request: _Request) -> _Response:
         """One signed request; retried once at once when the platform says our clock is off."""
         if self._session is None:
             raise RuntimeError("the uplink is not running")
-        url = self._base.with_path(self._base.raw_path.rstrip("/") + path, encoded=True)
-        if query:
-            url = url.with_query(query)
+        method, body = request.method, request.body
+        url = self._base.with_path(self._base.raw_path.rstrip("/") + request.path, encoded=True)
+        if request.query:
+            url = url.with_query(request.query)
         # Signed exactly as it goes on the wire: aiohttp sends raw_path_qs as the target.
         target = url.raw_path_qs
-        timeout = aiohttp.ClientTimeout(total=timeout_s or self._config.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=request.timeout_s or self._config.timeout_s)
         for attempt in (1, 2):
             wall_sent = self._clock()
             signed = signature_headers(
@@ -288,7 +278,7 @@ class HttpTransport:
                 method,
                 url,
                 data=body or None,
-                headers={**headers, **signed},
+                headers={**request.headers, **signed},
                 timeout=timeout,
                 # A redirect would be followed with a signature for another path: useless.
                 allow_redirects=False,
@@ -298,7 +288,7 @@ class HttpTransport:
                 if len(data) > ANSWER_MAX_BYTES:
                     raise _AnswerTooLargeError
                 resp = _Response(raw.status, CIMultiDict(raw.headers), data)
-            skew_changed = observe_date and self._observe_date(
+            skew_changed = request.observe_date and self._observe_date(
                 resp.headers.get("Date"), (wall_sent + self._clock()) / 2
             )
             if (
