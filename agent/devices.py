@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.availability import Availability, DeviceHealth
 from agent.bus import BusHandle, SerialLine, TcpHost, link_event, open_bus
 from agent.config.models import DeviceConfig, PolledDeviceConfig, StreamedDeviceConfig
 from agent.driver import (
+    Driver,
     DriverContext,
     ForeignRecordError,
     GatewayIdentity,
@@ -58,7 +59,7 @@ class Unit:
     driver_name: str
     devices: tuple[DeviceConfig, ...]
     bus: BusHandle | None
-    driver: Any = None
+    driver: Driver | None = None
     pollers: dict[str, PolledDevice] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
@@ -71,7 +72,7 @@ class DeviceEntry:
     unit: Unit
 
     @property
-    def driver(self) -> Any:
+    def driver(self) -> Driver | None:
         return self.unit.driver
 
     @property
@@ -207,14 +208,16 @@ class Devices:
             counters={i: self._state.devices[i].driver_counters for i in ids},
         )
 
-    def _make_driver(self, unit: Unit) -> Any:
+    def _make_driver(self, unit: Unit) -> Driver:
         cls = driver_class(unit.driver_name)
         # Records of a streaming driver also say its device is alive (a polled one's reads do).
         streaming = issubclass(cls, StreamingDriver) and not issubclass(cls, PolledDriver)
         ctx = self._context(unit, streaming)
-        if DRIVERS[unit.driver_name].scope == "bus":
-            return cls(ctx)
-        return cls(unit.devices[0], ctx)
+        driver = cls(ctx) if DRIVERS[unit.driver_name].scope == "bus" else cls(unit.devices[0], ctx)
+        if not isinstance(driver, PolledDriver | StreamingDriver):
+            msg = f"{unit.name}: {cls.__name__} is neither a polled nor a streaming driver"
+            raise TypeError(msg)
+        return driver
 
     # ------------------------------------------------------------------ start and stop
 
@@ -284,9 +287,11 @@ class Devices:
             raise TypeError(msg)
 
         async def body() -> None:
+            driver = unit.driver
+            assert isinstance(driver, PolledDriver), "checked when the unit started"
             poller = PolledDevice(
                 device,
-                unit.driver,
+                driver,
                 state=self._state.devices[device.id],
                 bus=unit.bus,
                 availability=self._availability,
@@ -310,11 +315,13 @@ class Devices:
             self._availability.watch(device.id, stale)
 
         async def body() -> None:
+            driver = unit.driver
+            assert isinstance(driver, StreamingDriver), "checked when the unit started"
             try:
-                await unit.driver.run()
+                await driver.run()
             finally:
                 with contextlib.suppress(Exception):
-                    await unit.driver.stop()
+                    await driver.stop()
 
         return body
 
@@ -336,7 +343,7 @@ class Devices:
         if unit.pollers:
             for poller in unit.pollers.values():
                 await poller.stop()
-        else:
+        elif unit.driver is not None:
             with contextlib.suppress(Exception):
                 await unit.driver.stop()
 

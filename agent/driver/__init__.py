@@ -41,6 +41,7 @@ __all__ = [
     "CommandSpec",
     "DeviceError",
     "Discoverer",
+    "Driver",
     "DriverContext",
     "ForeignRecordError",
     "GatewayIdentity",
@@ -197,6 +198,11 @@ class StreamingDriver(Protocol):
     async def run(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+Driver = PolledDriver | StreamingDriver
+"""What a driver class builds: a polled driver, a streaming one, or both; it may also be a
+:class:`CommandHandler` and an :class:`InventoryProvider`."""
 
 
 @runtime_checkable
