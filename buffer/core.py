@@ -33,7 +33,7 @@ import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import orjson
 import structlog
@@ -69,6 +69,7 @@ from .recovery import (
     move_aside,
     open_checked,
 )
+from .reserve import DiskFullError, DiskReserve, reserve_size
 
 __all__ = [
     "AGE_CHECK_INTERVAL_S",
@@ -110,6 +111,19 @@ def _values_sql(table: str, synced: bool, rows: int) -> str:
 
 
 _log = structlog.get_logger("buffer")
+
+
+_T = TypeVar("_T")
+_TRUNCATE_AFTER_BYTES: Final = 16 * 2**20
+"""Deleted bytes after which the WAL is checkpointed and truncated."""
+_APPEND_ROOM_PER_RECORD: Final = 512
+"""Disk room an append of one record is taken to need while the disk is full (a generous
+record plus its share of index and WAL pages)."""
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
 
 
 class BufferClosedError(RuntimeError):
@@ -166,6 +180,9 @@ class Buffer(Eviction):
         self._taken: dict[int, int] = {}
         self._age_check_interval_s = AGE_CHECK_INTERVAL_S
         self._reserve = self._overflow_reserve()
+        self.disk = DiskReserve(path.with_name(path.name + "-reserve"), reserve_size(max_bytes))
+        """Room an acknowledgement can delete with on a full disk (:mod:`buffer.reserve`)."""
+        self._deleted_since_truncate = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -231,6 +248,17 @@ class Buffer(Eviction):
                 read_only=False,
             )
             buf._after_open(error)
+            # The WAL never holds more than half the reserve: on a full disk, the checkpoint
+            # that moves it into the database file fits in the reserve given back.
+            pages = max(16, min(1000, buf.disk.size // 2 // 4096))
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            if not buf.disk.ensure():
+                _log.warning(
+                    "buffer.no_disk_reserve",
+                    path=str(buf.disk.path),
+                    free_bytes=buf.disk.free_bytes(),
+                    hint="the disk is nearly full: free space, or acks may fail when it fills",
+                )
         except BaseException:
             conn.close()
             raise
@@ -339,10 +367,15 @@ class Buffer(Eviction):
     # ------------------------------------------------------------------ writing
 
     def append(self, records: Sequence[Record]) -> list[int]:
-        """Store ``records`` in one transaction; returns their seqs once they are durable."""
+        """Store ``records`` in one transaction; returns their seqs once they are durable.
+
+        Raises :class:`buffer.reserve.DiskFullError` while the disk is full and its reserve has
+        been spent on deletes, unless the pages acknowledged batches freed can hold them."""
         self._check_writable()
         if not records:
             return []
+        if not self.disk.present:
+            self._check_room(len(records))
         with self._write() as c:
             seqs = self._insert(c, records)
             self._maybe_enforce_age(c)
@@ -394,6 +427,9 @@ class Buffer(Eviction):
         """Delete exactly the batch's records (those still present); returns how many."""
         self._check_writable()
         self._check_batch(batch)
+        return self._deleting(lambda: self._ack(batch), batch.size)
+
+    def _ack(self, batch: Batch) -> int:
         deleted = 0
         with self._write() as c:
             for prio, first, last in batch.ranges:
@@ -408,6 +444,9 @@ class Buffer(Eviction):
         """Move the batch's records to the poison table (kept, exportable) and report it."""
         self._check_writable()
         self._check_batch(batch)
+        self._deleting(lambda: self._set_aside(batch, reason), batch.size)
+
+    def _set_aside(self, batch: Batch, reason: str) -> None:
         moved = own = 0
         when = now_ms()
         with self._write() as c:
@@ -450,6 +489,53 @@ class Buffer(Eviction):
                 self._enforce_size(c)
         if moved:
             _log.warning("buffer.poisoned", count=moved, ranges=list(batch.ranges), reason=reason)
+
+    # ------------------------------------------------------------------ a full disk
+
+    def _deleting(self, delete: Callable[[], _T], nbytes: int) -> _T:
+        """Run ``delete``; when the disk is full, give back the reserve and run it again."""
+        try:
+            result = delete()
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc) or not self.disk.release():
+                raise
+            _log.warning(
+                "buffer.disk_full",
+                path=str(self.path),
+                released_bytes=self.disk.size,
+                hint="reserve given back so acknowledged records can be deleted; new records "
+                "go to the space they free",
+            )
+            result = delete()
+        self._deleted_since_truncate += nbytes
+        if not self.disk.present or self._deleted_since_truncate >= _TRUNCATE_AFTER_BYTES:
+            self._truncate_wal()
+            if not self.disk.present and self.disk.ensure():
+                _log.info("buffer.disk_reserve_restored", path=str(self.disk.path))
+        return result
+
+    def _truncate_wal(self) -> None:
+        """Move the WAL into the database file and cut it to nothing: after a large delete the
+        WAL would otherwise keep its size on a card that needs the room."""
+        self._deleted_since_truncate = 0
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _check_room(self, count: int) -> None:
+        """While the reserve is given back, an append may use the pages deletes freed, but not
+        grow the database into the last ``disk.size`` bytes of the disk."""
+        if self.disk.ensure():
+            return
+        page_size, free_pages = (
+            self._conn.execute("PRAGMA page_size").fetchone()[0],
+            self._conn.execute("PRAGMA freelist_count").fetchone()[0],
+        )
+        room = free_pages * page_size + self.disk.free_bytes() - self.disk.size
+        if room < count * _APPEND_ROOM_PER_RECORD:
+            raise DiskFullError(
+                f"{self.path}: the disk is full (its reserve of {self.disk.size} bytes is kept "
+                "for deleting acknowledged records): free space on the card"
+            )
 
     def correct_unsynced(self, boot_id: str, delta_ms: int) -> int:
         """Shift ``ts`` by ``delta_ms`` and mark ``ts_synced`` for records stamped before clock
