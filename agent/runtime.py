@@ -229,6 +229,7 @@ class Runtime:
                 commands=self.execute_command,
                 log=self.log,
                 agent_version=__version__,
+                clock_synced=lambda: self.clock.synced,
             )
         except (SecretError, UplinkConfigError) as exc:
             # Polling and buffering go on: nothing is lost while an installer fixes the key

@@ -83,9 +83,21 @@ def _v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    # The platform's commands this gateway has run, kept until their expiry has passed: a
+    # command redelivered after a restart (kill -9, power cut) must not run again.
+    conn.execute(
+        """CREATE TABLE commands (
+            id TEXT PRIMARY KEY,
+            expires_ms INTEGER NOT NULL,
+            claimed_ms INTEGER NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: list[Migration] = [_v1]
+MIGRATIONS: list[Migration] = [_v1, _v2]
 """``MIGRATIONS[i]`` migrates version ``i`` to ``i + 1``. Append new steps; never edit old ones."""
 
 
@@ -137,12 +149,15 @@ def migrate(conn: sqlite3.Connection, where: object) -> int:
 
 def check_schema(conn: sqlite3.Connection) -> str:
     """Prove the tables the buffer needs are readable; return the file's epoch."""
+    tables = [
+        ("events", "seq, boot, body"),
+        ("readings", "seq, boot, body"),
+        ("poison", "seq, prio, boot, body, reason, poisoned_ms"),
+    ]
+    if user_version(conn) >= 2:  # v2 added the command ledger
+        tables.append(("commands", "id, expires_ms, claimed_ms"))
     try:
-        for table, columns in (
-            ("events", "seq, boot, body"),
-            ("readings", "seq, boot, body"),
-            ("poison", "seq, prio, boot, body, reason, poisoned_ms"),
-        ):
+        for table, columns in tables:
             conn.execute(f"SELECT {columns} FROM {table} LIMIT 0").fetchall()  # noqa: S608
         row = conn.execute(
             "SELECT epoch, last_seq, bytes, events, readings FROM meta WHERE id = 1"

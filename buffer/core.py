@@ -114,6 +114,9 @@ _log = structlog.get_logger("buffer")
 
 
 _T = TypeVar("_T")
+_CLAIM_KEPT_AFTER_EXPIRY_MS: Final = 86_400_000
+"""A claim outlives its command's expiry by a day: a gateway clock that jumps back cannot make
+an expired claim look unexpired and forgotten."""
 _TRUNCATE_AFTER_BYTES: Final = 16 * 2**20
 """Deleted bytes after which the WAL is checkpointed and truncated."""
 _APPEND_ROOM_PER_RECORD: Final = 512
@@ -489,6 +492,24 @@ class Buffer(Eviction):
                 self._enforce_size(c)
         if moved:
             _log.warning("buffer.poisoned", count=moved, ranges=list(batch.ranges), reason=reason)
+
+    # ------------------------------------------------------------------ commands run once
+
+    def claim_command(self, command_id: str, expires_ms: int) -> bool:
+        """Record, durably, that the platform's command ``command_id`` is about to run; False
+        when it was claimed before (by this process or one before a restart): it must not run
+        again. Claims are kept until a day after ``expires_ms``."""
+        self._check_writable()
+        now = now_ms()
+        with self._write():
+            claimed = self._conn.execute(
+                "INSERT OR IGNORE INTO commands (id, expires_ms, claimed_ms) VALUES (?, ?, ?)",
+                (command_id, expires_ms, now),
+            ).rowcount
+            self._conn.execute(
+                "DELETE FROM commands WHERE expires_ms < ?", (now - _CLAIM_KEPT_AFTER_EXPIRY_MS,)
+            )
+        return bool(claimed)
 
     # ------------------------------------------------------------------ a full disk
 

@@ -354,7 +354,7 @@ def test_version_0_files_are_migrated(tmp_path: Path) -> None:
         with Buffer.open(p) as b:
             assert b.append([reading(1)]) == [1]
         conn = sqlite3.connect(p)
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (schema.schema_version(),)
         conn.close()
     assert not list(tmp_path.glob("*.corrupt-*"))
 
@@ -376,13 +376,14 @@ def test_migrations_run_in_order(path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with Buffer.open(path) as b:
         b.append([reading(1)])
     ran: list[str] = []
+    base = schema.schema_version()
 
     def v2(conn: sqlite3.Connection) -> None:
         ran.append("v2")
         conn.execute("ALTER TABLE meta ADD COLUMN note TEXT")
 
     def v3(conn: sqlite3.Connection) -> None:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (base + 1,)
         ran.append("v3")
         conn.execute("UPDATE meta SET note = 'v3'")
 
@@ -390,7 +391,7 @@ def test_migrations_run_in_order(path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with Buffer.open(path) as b:
         assert ran == ["v2", "v3"]
         assert b._conn.execute("SELECT note FROM meta").fetchone() == ("v3",)
-        assert b._conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert b._conn.execute("PRAGMA user_version").fetchone() == (base + 2,)
         assert [r["seq"] for r in b.export()] == [1]
     with Buffer.open(path):
         assert ran == ["v2", "v3"]  # nothing runs twice
@@ -896,3 +897,28 @@ async def test_async_take_ack_set_aside_correct(path: Path) -> None:
     finally:
         await ab.close()
     await ab.close()  # idempotent
+
+
+def test_a_command_is_claimed_once_across_reopening(path: Path) -> None:
+    with Buffer.open(path) as b:
+        assert b.claim_command("c-1", expires_ms=now_ms() + 60_000)
+        assert not b.claim_command("c-1", expires_ms=now_ms() + 60_000)
+    with Buffer.open(path) as b:  # a restart (the kill -9 case is in test_e2e)
+        assert not b.claim_command("c-1", expires_ms=now_ms() + 60_000)
+        assert b.claim_command("c-2", expires_ms=now_ms() + 60_000)
+        # Claims long past their expiry are forgotten (the table stays small).
+        assert b.claim_command("old", expires_ms=now_ms() - 2 * 86_400_000)
+        b.claim_command("c-3", expires_ms=now_ms() + 60_000)
+        ids = {r[0] for r in b._conn.execute("SELECT id FROM commands")}
+        assert ids == {"c-1", "c-2", "c-3"}
+
+
+def test_a_version_1_file_gains_the_command_ledger(path: Path) -> None:
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        with Buffer.open(path) as b:
+            b.append([reading(1)])
+    with Buffer.open(path) as b:
+        assert b.claim_command("c-1", expires_ms=now_ms() + 1000)
+        assert [r["seq"] for r in b.export()] == [1]

@@ -20,6 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from buffer._schema import schema_version
+
 ROOT = Path(__file__).resolve().parent.parent
 APPENDER = Path(__file__).resolve().parent / "buffer_helpers" / "appender.py"
 KILLS = 20
@@ -82,7 +84,7 @@ def check_file(path: Path, confirmed: dict[int, bytes]) -> str:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (schema_version(),)
         epoch, last_seq = conn.execute("SELECT epoch, last_seq FROM meta").fetchone()
         stored: dict[int, bytes] = {}
         for table in ("events", "readings", "poison"):

@@ -247,3 +247,59 @@ def test_sigterm_during_an_outage_keeps_the_backlog(
     backlog = buffer_records(tmp_path / "buffer.db")
     assert len(backlog) > 100
     assert platform.records() == []
+
+
+def test_a_command_redelivered_after_kill_9_does_not_run_again(
+    tmp_path: Path, platform: PlatformProcess
+) -> None:
+    """At most once across a crash: the id is claimed in the buffer file before the command
+    runs, so the agent that comes back refuses the platform's second delivery."""
+    import sqlite3
+
+    config = write_config(
+        tmp_path,
+        [sim_device("door", interval_s=0.5, commands=["output.set"])],
+        uplink=platform.uplink_config(),
+    )
+    path = ""
+
+    def settled() -> dict[str, Any] | None:
+        c = platform.admin("GET", path)
+        return c if c["status"] not in ("queued", "delivered") else None
+
+    agent = AgentProcess(config)
+    try:
+        agent.wait_event("agent.starting")
+        queued = platform.admin(
+            "POST",
+            f"/v1/gateways/{GATEWAY}/commands",
+            {"device": "door", "action": "output.set", "args": {"output": 1, "on": True}},
+        )
+        command_id = queued["command"]["id"]
+        path = f"/v1/gateways/{GATEWAY}/commands/{command_id}"
+        first = wait_for(settled, what="the first run's result")
+        assert first["status"] == "ok", first
+    finally:
+        agent.kill()  # kill -9: no clean shutdown, no flush beyond what was durable
+    # The platform delivers it again (a failover, a lost answer).
+    with sqlite3.connect(platform.db) as db:
+        db.execute(
+            "UPDATE commands SET status = 'queued', result = NULL, result_ms = NULL WHERE id = ?",
+            (command_id,),
+        )
+    agent = AgentProcess(config)
+    try:
+        again = wait_for(settled, what="the redelivery's result")
+    finally:
+        assert agent.stop() == 0
+    assert (again["status"], again["reason"]) == ("refused", "duplicate"), again
+    # The same audit event may be both in the buffer and at the platform: one run, one stamp.
+    runs = {
+        r["ts"]
+        for r in buffer_records(tmp_path / "buffer.db") + platform.records()
+        if r["kind"] == "event"
+        and r["type"] == "agent.command"
+        and r["data"].get("id") == command_id
+        and r["data"].get("status") == "ok"
+    }
+    assert len(runs) == 1, runs

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -89,6 +90,7 @@ async def running_agent(
     inventory_fn: Callable[[], dict[str, Any]] = inventory,
     inventory_check_s: float = 0.1,
     start: bool = True,
+    clock_synced: Callable[[], bool] | None = None,
     **config: Any,
 ) -> AsyncIterator[Agent]:
     url = platform if isinstance(platform, str) else platform.url
@@ -119,6 +121,7 @@ async def running_agent(
         idle_poll_s=0.05,
         inventory_check_s=inventory_check_s,
         long_poll_s=2,
+        clock_synced=clock_synced,
     )
     agent = Agent(client, buffer, state)
     if start:
@@ -604,6 +607,85 @@ async def test_unsigned_tampered_expired_and_foreign_commands_are_refused(
                 "impostor": ("refused", "bad_signature"),
             }
             assert executor.calls == []
+
+
+def raw_command(p: Platform, command_id: str, **fields: Any) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    cmd: dict[str, Any] = {
+        "id": command_id,
+        "gateway": GW,
+        "device": "door-1",
+        "action": "open",
+        "args": {},
+        "issued_ms": now,
+        "expires_ms": now + 60_000,
+        **fields,
+    }
+    cmd["signature"] = sign_command(p.platform.command_key, cmd)
+    return cmd
+
+
+async def test_a_forged_command_does_not_use_up_the_id_of_a_real_one(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with running_platform(tmp_path) as p:
+        key = command_key_file(p, tmp_path)
+        async with running_agent(p, tmp_path, executor=executor, command_key_file=key):
+            real = raw_command(p, "c-real")
+            forged = {**real, "id": "c-real", "signature": real["signature"][::-1]}
+            # The forgery arrives first (a replayed or injected poll answer).
+            await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": forged})
+            assert (await wait_for_result(p, "c-real"))["reason"] == "bad_signature"
+            await p.platform.store.run(
+                p.platform.store.execute,
+                "UPDATE commands SET body = ?, status = 'queued', result_ms = NULL WHERE id = ?",
+                (orjson.dumps(real), "c-real"),
+            )
+            p.platform._command_waiters.pop(GW, asyncio.Event()).set()
+
+            async def ran() -> bool:
+                return any(c[4] == "c-real" for c in executor.calls)
+
+            await wait_for(ran)
+            assert (await wait_for_result(p, "c-real"))["status"] == "ok"
+
+
+async def test_a_command_valid_for_too_long_is_refused(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with running_platform(tmp_path) as p:
+        key = command_key_file(p, tmp_path)
+        async with running_agent(
+            p, tmp_path, executor=executor, command_key_file=key, command_max_lifetime_s=120
+        ):
+            now = int(time.time() * 1000)
+            cmd = raw_command(p, "c-long", issued_ms=now, expires_ms=now + 3_600_000)
+            await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": cmd})
+            result = await wait_for_result(p, "c-long")
+            assert (result["status"], result["reason"]) == ("refused", "lifetime_too_long")
+            assert "at most 120 s" in result["error"]
+            assert executor.calls == []
+
+
+async def test_expiry_is_judged_by_the_synchronised_local_clock(tmp_path: Path) -> None:
+    """The skew estimate comes from an unsigned Date header: a platform (or a man in the
+    middle) an hour behind must not make an expired command look valid."""
+    executor = FakeExecutor()
+    behind = lambda: time.time() - 3600  # noqa: E731
+    async with running_platform(tmp_path, clock=behind) as p:
+        key = command_key_file(p, tmp_path)
+        async with running_agent(
+            p, tmp_path, executor=executor, command_key_file=key, clock_synced=lambda: True
+        ) as agent:
+            await wait_for(lambda: _skew_seen(agent))
+            now = int(time.time() * 1000)
+            cmd = raw_command(p, "c-old", issued_ms=now - 120_000, expires_ms=now - 60_000)
+            await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": cmd})
+            result = await wait_for_result(p, "c-old")
+            assert result["status"] == "expired"
+            assert executor.calls == []
+
+
+async def _skew_seen(agent: Agent) -> bool:
+    return agent.state.clock_skew_ms < -3_000_000
 
 
 async def test_a_redelivered_command_runs_once(tmp_path: Path) -> None:

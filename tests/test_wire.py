@@ -105,8 +105,16 @@ def test_only_an_answer_that_counts_the_batch_acknowledges_it() -> None:
 
 
 def test_command_shapes_and_result_documents() -> None:
-    command = {"id": "c1", "device": "d", "action": "open", "args": {}, "expires_ms": 5}
+    command = {
+        "id": "c1",
+        "device": "d",
+        "action": "open",
+        "args": {},
+        "issued_ms": 1,
+        "expires_ms": 5,
+    }
     assert command_problem(command) is None
+    assert "issued_ms" in (command_problem({**command, "issued_ms": None}) or "")
     assert "id" in (command_problem({**command, "id": ""}) or "")
     assert "args" in (command_problem({**command, "args": []}) or "")
     assert "expires_ms" in (command_problem({**command, "expires_ms": True}) or "")

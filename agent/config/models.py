@@ -137,6 +137,9 @@ class HttpUplink(StrictModel):
     """Long-poll the platform for commands."""
     command_key_file: Path | None = None
     """The platform's Ed25519 public key (PEM) that signs commands; needed when commands is on."""
+    command_max_lifetime_s: Annotated[float, Field(gt=0, le=86_400)] = 600
+    """Commands valid for longer than this (``expires_ms - issued_ms``) are refused: a
+    captured command must not stay usable for hours."""
 
     @model_validator(mode="after")
     def _cert_pair(self) -> HttpUplink:

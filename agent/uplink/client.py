@@ -47,6 +47,8 @@ class UplinkClient:
         inventory: Callable[[], Mapping[str, object]],
         commands: tuple[CommandExecutor, Ed25519PublicKey] | None,
         log: structlog.typing.FilteringBoundLogger,
+        command_max_lifetime_s: float = 600.0,
+        clock_synced: Callable[[], bool] | None = None,
         max_records: int,
         max_bytes: int,
         backoff_cap_s: float,
@@ -90,9 +92,24 @@ class UplinkClient:
         self.commands: CommandService | None = None
         if commands is not None:
             executor, key = commands
-            verifier = CommandVerifier(key, gateway_id=gateway_id, now_ms=transport.now_ms)
+
+            def now_ms() -> int:
+                # The gateway's clock while NTP vouches for it: the skew estimate comes from an
+                # unsigned Date header, which must not decide that a command is still valid.
+                if clock_synced is not None and clock_synced():
+                    return int(clock() * 1000)
+                return transport.now_ms()
+
+            verifier = CommandVerifier(
+                key, gateway_id=gateway_id, now_ms=now_ms, max_lifetime_s=command_max_lifetime_s
+            )
             self.commands = CommandService(
-                transport, verifier=verifier, executor=executor, link=self.link, log=log
+                transport,
+                verifier=verifier,
+                executor=executor,
+                claim=buffer.claim_command,
+                link=self.link,
+                log=log,
             )
 
     @property
@@ -137,6 +154,7 @@ def build_uplink(
     commands: CommandExecutor,
     log: structlog.typing.FilteringBoundLogger,
     agent_version: str,
+    clock_synced: Callable[[], bool],
 ) -> UplinkClient | None:
     """The uplink the config asks for, None when it asks for none. Raises
     :class:`agent.uplink.base.UplinkConfigError` or :class:`agent.config.secrets.SecretError`
@@ -157,4 +175,5 @@ def build_uplink(
         commands=commands,
         log=log.bind(task="uplink[http]"),
         agent_version=agent_version,
+        clock_synced=clock_synced,
     )

@@ -1,8 +1,11 @@
-"""The platform's commands, for every transport: poll, verify, run once, report.
+"""The platform's commands, for every transport: poll, verify, run at most once, report.
 
 A command runs only when its Ed25519 signature verifies with the platform's key, it is for this
-gateway, it is well formed and not expired, and its id has not been run before (platforms may
-deliver twice, after a lost poll answer). The executor (the runtime's
+gateway, it is well formed, its lifetime (``expires_ms - issued_ms``) is within the configured
+cap, it is not expired, and its id has never been run. Only a command that passed those checks
+claims its id, durably, in the buffer file (:meth:`buffer.Buffer.claim_command`) before it runs:
+a redelivery, even after a kill -9 or a power cut, is refused as ``duplicate``, and a forged
+command cannot use up the id of a real one. The executor (the runtime's
 :class:`agent.commands.CommandRouter`) then applies the device's allowlist and audits it. The
 result is reported with retries; a refusal is reported with its reason, so the operator sees
 why a door did not open.
@@ -13,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Callable, Mapping
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -50,15 +54,26 @@ class Refusal:
     message: str
 
 
+Claim = Callable[[str, int], Awaitable[bool]]
+"""``claim(command_id, expires_ms)``: True when the id is new, recorded durably."""
+
+
 class CommandVerifier:
-    """Decides whether a command from the platform may run."""
+    """Decides whether a command from the platform may run. ``now_ms`` is the clock expiry is
+    judged by: the gateway's own while it is synchronised, else the platform's estimate."""
 
     def __init__(
-        self, key: Ed25519PublicKey, *, gateway_id: str, now_ms: Callable[[], int]
+        self,
+        key: Ed25519PublicKey,
+        *,
+        gateway_id: str,
+        now_ms: Callable[[], int],
+        max_lifetime_s: float,
     ) -> None:
         self._key = key
         self._gateway_id = gateway_id
         self._now_ms = now_ms
+        self._max_lifetime_ms = int(max_lifetime_s * 1000)
 
     def check(self, command: Mapping[str, object]) -> Refusal | None:
         if not command.get("signature"):
@@ -72,8 +87,16 @@ class CommandVerifier:
         problem = command_problem(command)
         if problem is not None:
             return Refusal("refused", "malformed", problem)
-        expires = command["expires_ms"]
+        expires, issued = command["expires_ms"], command["issued_ms"]
         assert isinstance(expires, int)
+        assert isinstance(issued, int)
+        if expires - issued > self._max_lifetime_ms:
+            return Refusal(
+                "refused",
+                "lifetime_too_long",
+                f"valid for {(expires - issued) / 1000:.0f} s; this gateway accepts at most "
+                f"{self._max_lifetime_ms / 1000:.0f} s (uplink command_max_lifetime_s)",
+            )
         now = self._now_ms()
         if expires < now:
             return Refusal("expired", "expired", f"expired {(now - expires) / 1000:.1f} s ago")
@@ -81,20 +104,20 @@ class CommandVerifier:
 
 
 class _Seen:
-    """Ids of commands already handled, the newest ``limit`` of them."""
+    """Ids of the commands this process ran, the newest ``limit`` of them (the durable record
+    is the buffer's; this spares it the duplicates of one session)."""
 
     def __init__(self, limit: int = _SEEN_MAX) -> None:
         self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._limit = limit
 
-    def add(self, command_id: str) -> bool:
-        """True when ``command_id`` is new (and now recorded)."""
-        if command_id in self._ids:
-            return False
+    def __contains__(self, command_id: str) -> bool:
+        return command_id in self._ids
+
+    def add(self, command_id: str) -> None:
         self._ids[command_id] = None
         while len(self._ids) > self._limit:
             self._ids.popitem(last=False)
-        return True
 
 
 class CommandService:
@@ -104,11 +127,13 @@ class CommandService:
         *,
         verifier: CommandVerifier,
         executor: CommandExecutor,
+        claim: Claim,
         link: Link,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self._transport = transport
         self._verifier = verifier
+        self._claim = claim
         self._executor = executor
         self._link = link
         self._log = log
@@ -142,7 +167,9 @@ class CommandService:
         if not isinstance(command, dict) or not isinstance(command_id, str) or not command_id:
             self._log.warning("command.malformed", hint="a command without an id is ignored")
             return
-        if not self._seen.add(command_id):
+        if command_id in self._seen:
+            # Delivered twice while this process runs (a lost poll answer): its result is
+            # reported, or being reported, already.
             self._log.debug("command.duplicate", command_id=command_id)
             return
         audit = {
@@ -150,7 +177,7 @@ class CommandService:
             "device": command.get("device"),
             "action": command.get("action"),
         }
-        refusal = self._verifier.check(command)
+        refusal = self._verifier.check(command) or await self._claimed(command)
         if refusal is not None:
             self._log.warning(
                 "command.refused", **audit, status=refusal.status, reason=refusal.reason
@@ -159,6 +186,7 @@ class CommandService:
                 command_id, refusal.status, reason=refusal.reason, error=refusal.message
             )
             return
+        self._seen.add(command_id)
         try:
             result = await self._executor(
                 command["device"],
@@ -178,6 +206,25 @@ class CommandService:
             )
             return
         await self._report(command_id, "ok", result=dict(result))
+
+    async def _claimed(self, command: Mapping[str, object]) -> Refusal | None:
+        """Claim the command's id durably; a refusal when it was claimed before or cannot be."""
+        command_id, expires = command["id"], command["expires_ms"]
+        assert isinstance(command_id, str)
+        assert isinstance(expires, int)
+        try:
+            if await self._claim(command_id, expires):
+                return None
+        except (OSError, sqlite3.Error) as exc:
+            # Not recorded, not run: at most once holds even when the card fails.
+            self._log.error("command.unrecorded", command_id=command_id, error=str(exc))
+            return Refusal("refused", "unrecorded", f"cannot record the command durably: {exc}")
+        return Refusal(
+            "refused",
+            "duplicate",
+            "this command was received before (the agent restarted since); at most once: "
+            "it is not run again",
+        )
 
     async def _report(
         self,

@@ -352,6 +352,7 @@ class HttpUplinkClient(UplinkClient):
         inventory_check_s: float = 10.0,
         long_poll_s: float = LONG_POLL_S,
         gzip_level: int = 6,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         log = log.bind(transport="http")
         transport = HttpTransport(
@@ -378,6 +379,8 @@ class HttpUplinkClient(UplinkClient):
             inventory=inventory,
             commands=command_key,
             log=log,
+            command_max_lifetime_s=config.command_max_lifetime_s,
+            clock_synced=clock_synced,
             max_records=config.batch_max_records,
             max_bytes=config.batch_max_kb * 1024,
             backoff_cap_s=config.backoff_cap_s,

@@ -232,8 +232,8 @@ def command_problem(command: Mapping[str, object]) -> str | None:
         return "device and action are required strings"
     if not isinstance(command.get("args"), dict):
         return "args must be an object"
-    if not _is_int(command.get("expires_ms")):
-        return "expires_ms is required (UTC ms)"
+    if not _is_int(command.get("issued_ms")) or not _is_int(command.get("expires_ms")):
+        return "issued_ms and expires_ms are required (UTC ms)"
     return None
 
 
