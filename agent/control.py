@@ -27,6 +27,11 @@ ToolRunner = Callable[
 ]
 """``(driver, tool, bus, options)``: an installer tool on the agent's own bus."""
 _MAX_REQUEST = 64 * 1024
+_TOO_LARGE = {
+    "status": "failed",
+    "reason": "bad_request",
+    "error": f"request too large (at most {_MAX_REQUEST} bytes on one line)",
+}
 
 
 class ControlServer:
@@ -42,7 +47,10 @@ class ControlServer:
             self.path.unlink()  # a stale socket from a killed agent
         old = os.umask(0o117)
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+            # One byte over the largest request, so a longer line is seen to be too long.
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.path), limit=_MAX_REQUEST + 1
+            )
         finally:
             os.umask(old)
 
@@ -56,8 +64,8 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            answer = await self._answer(line)
+            line = await asyncio.wait_for(_read_line(reader), 10)
+            answer = await self._answer(line) if line is not None else _TOO_LARGE
         except (TimeoutError, ConnectionError):
             answer = {"status": "failed", "reason": "bad_request", "error": "no request"}
         with contextlib.suppress(ConnectionError):
@@ -69,7 +77,7 @@ class ControlServer:
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         if len(line) > _MAX_REQUEST:
-            return {"status": "failed", "reason": "bad_request", "error": "request too large"}
+            return _TOO_LARGE
         try:
             request = orjson.loads(line)
             if isinstance(request, dict) and request.get("op") == "tool":
@@ -120,6 +128,25 @@ class ControlServer:
                 "error": f"{type(exc).__name__}: {exc}",
             }
         return {"status": "ok", "result": dict(result)}
+
+
+async def _read_line(reader: asyncio.StreamReader, most: int = 16 * 2**20) -> bytes | None:
+    """One request line; None when it is longer than the reader's limit. The rest of a long
+    line is read and dropped (up to ``most`` bytes), so the client is not reset while it still
+    writes and gets the answer."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial  # the client closed without a newline: answer what it sent
+    except asyncio.LimitOverrunError:
+        pass
+    dropped = 0
+    while dropped < most:
+        chunk = await reader.read(64 * 1024)
+        if not chunk or b"\n" in chunk:
+            break
+        dropped += len(chunk)
+    return None
 
 
 async def send_request(path: Path, request: Mapping[str, Any], *, timeout_s: float = 30) -> Any:

@@ -7,7 +7,6 @@ change, never once per failed poll: that discipline lives in the callers.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
@@ -15,12 +14,10 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from agent.secrecy import REDACTED, hide_url_password, secret_key
+
 __all__ = ["configure_logging", "get_logger"]
 
-# Keys whose values must never reach a log line, whoever passes them by mistake.
-_SECRET_KEY = re.compile(
-    r"secret|password|passwd|token|signature|authorization|private", re.IGNORECASE
-)
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -31,9 +28,15 @@ _LEVELS = {
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    for key in event:
-        if key != "event" and _SECRET_KEY.search(key):
-            event[key] = "***"
+    """Values under secret-like keys (:mod:`agent.secrecy`) never reach a log line, whoever
+    passes them by mistake; nor does a password in a URL."""
+    for key, value in event.items():
+        if key == "event":
+            continue
+        if secret_key(key):
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = hide_url_password(value)
     return event
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import typing
 from pathlib import Path
 
 import pytest
+import structlog
+from pydantic import BaseModel
 
+import drivers
 from agent.config import SecretError, SecretRef, load_config, read_secret, redact
 from agent.config.models import AgentConfig, Community, Gateway, HttpUplink, UplinkConfig
+from agent.logs import configure_logging, get_logger
 from drivers.simulated.config import SimulatedDevice
 
 VALUE = "s3cr3t-Value-42"
@@ -103,3 +109,77 @@ def test_redact() -> None:
     assert plain["devices"][0]["events"][0]["data"] == {"password": "***", "zone": 3}
     assert plain["devices"][0]["points"][0]["value"] == "rtsp://admin:***@10.0.0.9/live"
     assert plain["devices"][0]["kind"] == "sensor"
+
+
+def _config_models() -> list[type[BaseModel]]:
+    """Every model a configuration can contain: AgentConfig's and each driver's device model,
+    with the models nested in them."""
+    from agent.config._validate import device_model
+
+    found: dict[type[BaseModel], None] = {}
+
+    def visit(annotation: object) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in found:
+                return
+            found[annotation] = None
+            for field in annotation.model_fields.values():
+                visit(field.annotation)
+        for arg in typing.get_args(annotation):
+            visit(arg)
+
+    visit(AgentConfig)
+    for name in drivers.DRIVERS:
+        visit(device_model(name))
+    return list(found)
+
+
+SECRET_WORDS = ("psk", "api_key", "credential", "token", "key", "password", "secret", "scbk")
+
+
+def _logged(name: str, value: str) -> str:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        get_logger().info("test.secret", **{name: value})
+    finally:
+        structlog.reset_defaults()
+    return out.getvalue()
+
+
+def test_every_secret_the_config_knows_is_hidden_from_logs_and_the_page() -> None:
+    secret_fields = [
+        (model.__name__, name)
+        for model in _config_models()
+        for name, field in model.model_fields.items()
+        if SecretRef in (field.annotation, *typing.get_args(field.annotation))
+        or any(word in name.lower() for word in SECRET_WORDS)
+    ]
+    assert ("HttpUplink", "secret") in secret_fields, "the walk must reach the uplink"
+    value = "s3cr3t-Value-42"
+    leaked = []
+    for model, name in secret_fields:
+        if name.endswith(("_file", "_id", "_env", "_path")):
+            continue  # where a secret lives, not the secret
+        if value in _logged(name, value):
+            leaked.append(f"{model}.{name} (log)")
+        if redact_value(name, value) != "***":
+            leaked.append(f"{model}.{name} (page)")
+    assert leaked == []
+
+
+def test_the_issue_s_secret_words_and_url_passwords_never_reach_a_log_line() -> None:
+    value = "s3cr3t-Value-42"
+    for word in (*SECRET_WORDS, "master_key", "API_KEY", "Authorization", "password_hash"):
+        assert value not in _logged(word, value), word
+    for harmless in ("key_id", "key_file", "monkey", "keyboard"):
+        assert value in _logged(harmless, value), harmless
+    line = _logged("url", f"rtsp://admin:{value}@10.0.0.9/live")
+    assert value not in line
+    assert "rtsp://admin:***@10.0.0.9/live" in line
+
+
+def redact_value(name: str, value: str) -> object:
+    from agent.config.secrets import _plain
+
+    return _plain(value, name)

@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from agent.config.models import SecretRef
+from agent.secrecy import REDACTED, hide_url_password, secret_key
 
 __all__ = ["REDACTED", "SecretError", "read_secret", "redact"]
-
-REDACTED = "***"
-
-# Names of keys whose value is a secret in any driver's model (an ONVIF password, a BLE key).
-# Keys naming where a secret lives (secret_file, key_id, key_file) are not secret themselves.
-_SECRET_KEY = re.compile(
-    r"password|passwd|secret|token|api_?key|private_?key|psk|credential", re.IGNORECASE
-)
-_NOT_SECRET_SUFFIXES = ("_file", "_id", "_env", "_path")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]*:)[^/@\s]*@", re.IGNORECASE)
 
 
 class SecretError(Exception):
@@ -61,12 +51,8 @@ def read_secret(ref: SecretRef) -> str:
     raise SecretError("the secret names neither a file nor an environment variable")
 
 
-def _secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key)) and not key.lower().endswith(_NOT_SECRET_SUFFIXES)
-
-
 def _plain(value: Any, key: str | None) -> Any:
-    if isinstance(value, SecretRef) or (key is not None and _secret_key(key) and value is not None):
+    if isinstance(value, SecretRef) or (key is not None and secret_key(key) and value is not None):
         return REDACTED
     if isinstance(value, BaseModel):
         return {name: _plain(getattr(value, name), name) for name in type(value).model_fields}
@@ -79,7 +65,7 @@ def _plain(value: Any, key: str | None) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", value)
+        return hide_url_password(value)
     return value
 
 
