@@ -8,6 +8,7 @@ import collections
 import contextlib
 import email.utils
 import hmac
+import math
 import secrets
 import sqlite3
 import ssl
@@ -48,6 +49,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COMMAND_STATUSES: Final = ("ok", "failed", "refused", "expired")
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 """Largest request body accepted as sent (compressed)."""
+MAX_INVENTORY_BYTES: Final = 8 * 1024 * 1024
+"""Largest inventory accepted, decompressed (some 20,000 devices)."""
 MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
 """Largest batch after decompression; more is 413 (and guards against gzip bombs)."""
 MAX_WAIT_S: Final = 60.0
@@ -74,9 +77,30 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ApiError(400, "bad_parameter", f"{name} must be an integer") from None
+    if not -(2**63) <= number < 2**63:
+        raise ApiError(400, "bad_parameter", f"{name} must fit in 64 bits")
+    return number
+
+
+def _gunzip(body: bytes, limit: int, too_large: str) -> bytes | ApiError:
+    """A gzip body decompressed, at most ``limit`` bytes: a small bomb must not become a
+    gigabyte in memory."""
+    if body[:2] != b"\x1f\x8b":
+        # aiohttp decompresses request bodies itself unless auto_decompress=False.
+        return ApiError(400, "bad_encoding", "Content-Encoding: gzip but the body is not gzip")
+    dec = zlib.decompressobj(wbits=31)
+    try:
+        raw = dec.decompress(body, limit + 1)
+    except zlib.error as exc:
+        return ApiError(400, "bad_encoding", f"invalid gzip data: {exc}")
+    if len(raw) > limit or dec.unconsumed_tail:
+        return ApiError(413, too_large, f"the body exceeds {limit} bytes decompressed")
+    if not dec.eof:
+        return ApiError(400, "bad_encoding", "truncated gzip data")
+    return raw
 
 
 class ReferencePlatform:
@@ -305,22 +329,10 @@ class ReferencePlatform:
     ) -> dict[str, Any] | ApiError:
         """Decode, validate and store one batch (runs on the store's thread)."""
         if encoding == "gzip":
-            if body[:2] != b"\x1f\x8b":
-                # aiohttp decompresses request bodies itself unless auto_decompress=False.
-                return ApiError(
-                    400, "bad_encoding", "Content-Encoding: gzip but the body is not gzip"
-                )
-            dec = zlib.decompressobj(wbits=31)
-            try:
-                raw = dec.decompress(body, MAX_BATCH_BYTES + 1)
-            except zlib.error as exc:
-                return ApiError(400, "bad_encoding", f"invalid gzip data: {exc}")
-            if len(raw) > MAX_BATCH_BYTES or dec.unconsumed_tail:
-                return ApiError(
-                    413, "batch_too_large", f"batch exceeds {MAX_BATCH_BYTES} bytes decompressed"
-                )
-            if not dec.eof:
-                return ApiError(400, "bad_encoding", "truncated gzip data")
+            unzipped = _gunzip(body, MAX_BATCH_BYTES, "batch_too_large")
+            if isinstance(unzipped, ApiError):
+                return unzipped
+            raw = unzipped
         elif encoding in ("identity", ""):
             raw = body
         else:
@@ -389,10 +401,12 @@ class ReferencePlatform:
     ) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding == "gzip":
-            try:
-                body = zlib.decompress(body, wbits=31)
-            except zlib.error as exc:
-                raise ApiError(400, "bad_encoding", f"invalid gzip data: {exc}") from None
+            unzipped = await self.store.run(
+                _gunzip, body, MAX_INVENTORY_BYTES, "inventory_too_large"
+            )
+            if isinstance(unzipped, ApiError):
+                raise unzipped
+            body = unzipped
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -428,9 +442,12 @@ class ReferencePlatform:
         del body
         wait = request.query.get("wait_s", "25")
         try:
-            wait_s = min(max(float(wait), 0.0), MAX_WAIT_S)
+            wait_s = float(wait)
         except ValueError:
             raise ApiError(400, "bad_parameter", "wait_s must be a number") from None
+        if not math.isfinite(wait_s):
+            raise ApiError(400, "bad_parameter", "wait_s must be a finite number of seconds")
+        wait_s = min(max(wait_s, 0.0), MAX_WAIT_S)
         deadline = time.monotonic() + wait_s
         gateway = key.gateway
         while True:

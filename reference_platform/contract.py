@@ -33,21 +33,26 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
 
+_INT64 = 2**63
+"""SQLite stores 64-bit integers: larger ones are refused, not a 500."""
+
+
 def validate_record(rec: Any) -> str | None:
     """Why a record is invalid, or None. Cheap checks only: this runs for every record."""
     if type(rec) is not dict:
         return "a record must be an object"
     seq = rec.get("seq")
-    if type(seq) is not int or seq < 0:
-        return "seq must be a non-negative integer"
+    if type(seq) is not int or not 0 <= seq < _INT64:
+        return "seq must be a non-negative integer below 2^63"
     kind = rec.get("kind")
     if kind not in RECORD_KINDS:
         return f"seq {seq}: kind must be reading, event or status"
     device = rec.get("device")
     if type(device) is not str or not device:
         return f"seq {seq}: device must be a non-empty string"
-    if type(rec.get("ts")) is not int:
-        return f"seq {seq}: ts must be integer UTC milliseconds"
+    ts = rec.get("ts")
+    if type(ts) is not int or not 0 <= ts < _INT64:
+        return f"seq {seq}: ts must be integer UTC milliseconds (0 to 2^63)"
     if kind == "reading":
         if type(rec.get("point")) is not str:
             return f"seq {seq}: a reading needs a point"

@@ -460,3 +460,67 @@ def test_uplink_api_md_mentions_every_path() -> None:
     text = (ROOT / "docs" / "uplink-api.md").read_text(encoding="utf-8")
     missing = [path for path in _openapi()["paths"] if path not in text]
     assert not missing, f"docs/uplink-api.md does not mention {missing}"
+
+
+async def test_a_small_inventory_bomb_is_refused_unexpanded(tmp_path: Path) -> None:
+    """1 MB of gzip that would expand to about 1 GB: refused at the bound, not inflated."""
+    import zlib
+
+    import psutil
+
+    squeezer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\0" * (1 << 20)
+    bomb = b"".join(squeezer.compress(block) for _ in range(1000)) + squeezer.flush()
+    assert len(bomb) < 2 << 20
+    before = psutil.Process().memory_info().rss
+    async with running_platform(tmp_path) as p:
+        status, doc, _ = await signed(
+            p.session,
+            p.url,
+            "PUT",
+            f"/v1/gateways/{GW}/inventory",
+            bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+    assert (status, doc["error"]) == (413, "inventory_too_large")
+    assert psutil.Process().memory_info().rss - before < 200 << 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("seq", 2**63), ("ts", 2**63), ("ts", 2**70), ("seq", -1)]
+)
+async def test_integers_beyond_64_bits_are_400_not_500(
+    tmp_path: Path, field: str, value: int
+) -> None:
+    import json
+
+    record = {**reading(1), field: value}
+    body = gzip.compress(json.dumps({"epoch": "ep1", "records": [record]}).encode())
+    async with running_platform(tmp_path) as p:
+        status, doc, _ = await signed(
+            p.session,
+            p.url,
+            "POST",
+            f"/v1/gateways/{GW}/records",
+            body,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert (status, doc["error"]) == (400, "invalid_record"), doc
+        assert await p.records() == []
+
+
+@pytest.mark.parametrize("query", ["after_id=99999999999999999999999", "after_id=-9e99"])
+async def test_an_after_id_beyond_64_bits_is_400(tmp_path: Path, query: str) -> None:
+    async with running_platform(tmp_path) as p:
+        status, doc = await p.admin("GET", f"/v1/gateways/{GW}/records?{query}")
+        assert status == 400, doc
+        assert doc["error"] == "bad_parameter"
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf"])
+async def test_a_wait_that_is_not_finite_is_400_not_a_hang(tmp_path: Path, wait: str) -> None:
+    async with running_platform(tmp_path) as p:
+        status, doc, _ = await asyncio.wait_for(
+            signed(p.session, p.url, "GET", f"/v1/gateways/{GW}/commands?wait_s={wait}"), 10
+        )
+        assert (status, doc["error"]) == (400, "bad_parameter")
