@@ -264,8 +264,12 @@ class Runtime:
 
         try:
             new = await asyncio.to_thread(self._loader, self.config_path)
-        except ConfigError as exc:
-            problems = [str(i) for i in exc.issues]
+        except (ConfigError, Exception) as exc:
+            problems = (
+                [str(i) for i in exc.issues]
+                if isinstance(exc, ConfigError)
+                else [f"{self.config_path}: cannot load: {type(exc).__name__}: {exc}"]
+            )
             self.log.error(
                 "config.rejected",
                 path=str(self.config_path),

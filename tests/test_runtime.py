@@ -7,6 +7,7 @@ import itertools
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,46 @@ def test_sigterm_leaves_everything_accepted_in_the_buffer(tmp_path: Path) -> Non
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert records[-1]["kind"] == "event"
     assert records[-1]["type"] == "agent.stopped"
+
+
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(6)
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda good: BOMB + good, "more than 250,000 values"),
+        (lambda good: good.replace("id: a", "id: a\x01"), "control character U+0001"),
+        (lambda good: good.replace("interval_s: 0.1", "interval_s: !!float soon"), "!!float"),
+        (lambda good: good + "x: " + "[" * 600 + "]" * 600 + "\n", "levels deep"),
+    ],
+    ids=["alias-bomb", "control-character", "bad-tag", "deep-nesting"],
+)
+def test_sighup_with_a_hostile_config_rejects_it_in_bounded_memory(
+    tmp_path: Path, damage: Callable[[str], str], expected: str
+) -> None:
+    import psutil
+
+    path = write_config(tmp_path, [sim_device("a", interval_s=0.1)])
+    agent = AgentProcess(path)
+    try:
+        agent.wait_event("agent.starting")
+        rss_before = psutil.Process(agent.proc.pid).memory_info().rss
+        path.write_text(damage(path.read_text()))
+        agent.signal(signal.SIGHUP)
+        rejected = agent.wait_event("config.rejected")
+        assert any(expected in e for e in rejected["errors"]), rejected
+        rss_after = psutil.Process(agent.proc.pid).memory_info().rss
+        assert agent.proc.poll() is None
+    finally:
+        code = agent.stop()
+    assert code == 0
+    assert (rss_after - rss_before) / 2**20 < 150, "well within the unit's MemoryMax"
+    types = [r["type"] for r in buffer_records(tmp_path / "buffer.db") if r["kind"] == "event"]
+    assert "agent.config_rejected" in types
 
 
 @pytest.mark.slow

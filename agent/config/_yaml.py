@@ -3,6 +3,12 @@
 PyYAML's ``safe_load`` forgets positions and silently keeps the last of two equal keys. We
 compose the node tree instead, build the data ourselves, and keep a map from each path
 (``("devices", 2, "points", 5, "data_type")``) to its file, line and column.
+
+Any input gets ``file:line:col`` issues, never a traceback, in bounded memory: a file is at most
+:data:`MAX_FILE_BYTES`, all files of a configuration build at most :data:`MAX_VALUES` values
+(YAML aliases count each time they are used, so a "billion laughs" stops at the budget instead
+of expanding), nesting stops at :data:`MAX_DEPTH`, and control characters, bad tags (``!!int
+abc``) and anything else a YAML reader can raise are reported where they are.
 """
 
 from __future__ import annotations
@@ -22,6 +28,28 @@ Path_ = tuple[PathKey, ...]
 
 INCLUDED_SECTIONS = ("buses", "devices")
 """Top-level lists an included file may add to."""
+
+MAX_FILE_BYTES = 4 * 2**20
+"""A configuration file may be at most this large (16 times a 4,000-point file)."""
+MAX_VALUES = 250_000
+"""Values (mappings, lists, scalars) all files of a configuration may build, aliases counted at
+each use: six times a 4,000-point configuration (about 55 MB at most)."""
+MAX_DEPTH = 64
+"""Nesting deeper than this is refused (no configuration key is nested beyond 8)."""
+
+
+class _Budget:
+    """What the files of one configuration may still build."""
+
+    def __init__(self, values: int = MAX_VALUES) -> None:
+        self.values = values
+
+
+class _TooLargeError(Exception):
+    def __init__(self, path: Path_) -> None:
+        super().__init__()
+        self.path = path
+
 
 _SYNTAX_HINTS = {
     "mapping values are not allowed here": (
@@ -49,6 +77,8 @@ class Source:
     origins: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     """For entries that came from an included file: (section, index here) -> index in the file
     that holds it, so paths in messages match what the installer sees in that file."""
+    values: int = 0
+    """Values built from this file and its includes (aliases counted at each use)."""
 
     def local(self, path: Path_) -> Path_:
         """``path`` with an included entry's index as it is in its own file."""
@@ -81,10 +111,11 @@ def _mark(file: str, mark: yaml.Mark | None) -> Mark:
 
 
 class _Builder:
-    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+    def __init__(self, file: str, loader: yaml.SafeLoader, budget: _Budget) -> None:
         self.file = file
         self.loader = loader
         self.source = Source(file)
+        self._budget = budget
         self._own_keys: dict[int, set[int]] = {}
         self._active: set[int] = set()
 
@@ -94,6 +125,14 @@ class _Builder:
     def build(self, node: yaml.Node, path: Path_) -> Any:
         mark = _mark(self.file, node.start_mark)
         self.source.marks.setdefault(path, mark)
+        self._budget.values -= 1
+        if self._budget.values < 0:
+            raise _TooLargeError(path)
+        if len(path) > MAX_DEPTH:
+            self.source.rejected.add(path)
+            # Named by where it starts to go deep, not by a path as long as the nesting.
+            self.issue(mark, path[:8], f"nested more than {MAX_DEPTH} levels deep")
+            return None
         if id(node) in self._active:
             self.source.rejected.add(path)
             self.issue(mark, path, "a YAML alias refers to the value that contains it")
@@ -117,6 +156,14 @@ class _Builder:
                 self.issue(mark, path, f"unknown YAML tag {node.tag!r}: write the value plainly")
             else:
                 self.issue(mark, path, f"invalid {node.tag.rsplit(':', 1)[-1]}: {exc.problem}")
+            return None
+        except Exception:
+            # ValueError, KeyError, AttributeError… for an explicit tag on text that is not of
+            # that type (``!!int abc``, ``!!bool 7``, ``!!timestamp soon``, ``!!float x``).
+            self.source.rejected.add(path)
+            kind = node.tag.rsplit(":", 1)[-1]
+            text = str(node.value)[:40]
+            self.issue(mark, path, f"!!{kind} {text!r} is not a valid {kind}: drop the tag")
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
@@ -179,9 +226,19 @@ def _syntax_issue(file: str, exc: yaml.YAMLError) -> ConfigIssue:
 
 def _read_text(file: str) -> str | ConfigIssue:
     try:
-        raw = Path(file).read_bytes()
+        with Path(file).open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return ConfigIssue(file, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")
+    if len(raw) > MAX_FILE_BYTES:
+        return ConfigIssue(
+            file,
+            1,
+            1,
+            "",
+            f"the file is larger than {MAX_FILE_BYTES // 2**20} MiB: split it into files "
+            "joined with include:",
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -198,36 +255,74 @@ _LOADERS: tuple[type[yaml.SafeLoader], ...] = tuple(
 )
 
 
-def _parse(file: str) -> Source:
+def _parse(file: str, budget: _Budget) -> Source:
     text = _read_text(file)
     if isinstance(text, ConfigIssue):
         return Source(file, issues=[text])
     for loader_class in _LOADERS:
-        loader = loader_class(text)
+        loader: yaml.SafeLoader | None = None
         try:
             try:
+                # The pure-Python reader checks the characters as it is made.
+                loader = loader_class(text)
                 node = loader.get_single_node()
             except yaml.YAMLError as exc:
                 if loader_class is not yaml.SafeLoader:
-                    continue
+                    continue  # the pure-Python parser words it (and counts in characters)
+                if isinstance(exc, yaml.reader.ReaderError):
+                    return Source(file, issues=[_reader_issue(file, text, exc)])
                 return Source(file, issues=[_syntax_issue(file, exc)])
+            except RecursionError:
+                return Source(file, issues=[_too_deep(file)])
             if node is None:
                 return Source(file)
-            builder = _Builder(file, loader)
-            builder.source.data = builder.build(node, ())
+            builder = _Builder(file, loader, budget)
+            try:
+                builder.source.data = builder.build(node, ())
+            except _TooLargeError as exc:
+                # Named by the section that was being read: an alias there expands too far.
+                section = exc.path[:1]
+                where = builder.source.key_marks.get(section) or builder.source.mark(section)
+                message = (
+                    f"more than {MAX_VALUES:,} values (YAML aliases count at every use): "
+                    "the configuration is too large"
+                )
+                return Source(file, issues=[ConfigIssue.at(where, section, message)])
             return builder.source
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
     raise AssertionError("unreachable: the pure-Python loader always answers")
+
+
+def _reader_issue(file: str, text: str, exc: yaml.reader.ReaderError) -> ConfigIssue:
+    """Where a character no YAML file may hold is, and which one."""
+    position = min(max(exc.position, 0), len(text))
+    line = text.count("\n", 0, position) + 1
+    col = position - (text.rfind("\n", 0, position) + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(int(exc.character))
+    return ConfigIssue(
+        file,
+        line,
+        col,
+        "",
+        f"the control character U+{ord(char):04X} cannot be in a YAML file: delete it "
+        "(copied from a document or a terminal?)",
+    )
+
+
+def _too_deep(file: str) -> ConfigIssue:
+    return ConfigIssue(file, 1, 1, "", f"nested more than {MAX_DEPTH} levels deep")
 
 
 class _Includes:
     def __init__(self) -> None:
         self.seen: dict[str, str] = {}
         """Real path of each file read so far -> the name it is shown under."""
+        self.budget = _Budget()
 
     def load(self, file: str, stack: tuple[str, ...], *, included: bool) -> Source:
-        source = _parse(file)
+        source = _parse(file, self.budget)
         if not isinstance(source.data, dict):
             if source.data is None and not source.issues:
                 needs = "buses: or devices:" if included else "at least a gateway: section"
@@ -283,7 +378,15 @@ class _Includes:
             # Shown as the installer would write it from where they run the command, so
             # normalised but not made absolute.
             target = os.path.normpath(Path(file).parent / entry)
-            real = str(Path(target).resolve())
+            try:
+                real = str(Path(target).resolve())
+                exists = Path(target).exists()
+            except (OSError, ValueError) as exc:  # a name too long, a NUL in it
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                source.issues.append(
+                    ConfigIssue.at(mark, path, f"included file {entry!r} cannot be read: {reason}")
+                )
+                continue
             if real in stack:
                 names = [self.seen[r] for r in stack[stack.index(real) :]]
                 cycle = " -> ".join([*names, target])
@@ -294,7 +397,7 @@ class _Includes:
                     ConfigIssue.at(mark, path, f"{entry!r} is included more than once")
                 )
                 continue
-            if not Path(target).exists():
+            if not exists:
                 looked = f" (looked for {target})" if target != entry else ""
                 source.issues.append(
                     ConfigIssue.at(mark, path, f"included file {entry!r} not found{looked}")
@@ -348,4 +451,7 @@ def _merge(parent: Source, child: Source) -> None:
 
 def load_source(file: str) -> Source:
     """Read ``file`` and its includes. Problems are collected in ``Source.issues``."""
-    return _Includes().load_root(file)
+    includes = _Includes()
+    source = includes.load_root(file)
+    source.values = MAX_VALUES - max(includes.budget.values, 0)
+    return source
