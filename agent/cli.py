@@ -75,13 +75,15 @@ def _buffer_path(args: argparse.Namespace) -> Path | None:
 
 
 def _buffer(args: argparse.Namespace) -> int:
-    from buffer.cli import export_command, stats_command  # noqa: PLC0415
+    from buffer.cli import export_command, requeue_poison_command, stats_command  # noqa: PLC0415
 
     path = _buffer_path(args)
     if path is None:
         return 1
     if args.buffer_command == "stats":
         return stats_command(path, as_json=args.json, out=sys.stdout)
+    if args.buffer_command == "requeue-poison":
+        return requeue_poison_command(path, out=sys.stdout, err=sys.stderr)
     return export_command(path, poison=args.poison, out=sys.stdout)
 
 
@@ -197,11 +199,12 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     check.add_argument("config")
     check.set_defaults(func=_check_config)
 
-    buf = sub.add_parser("buffer", help="inspect the store-and-forward buffer (read-only)")
+    buf = sub.add_parser("buffer", help="inspect the store-and-forward buffer")
     buf_sub = buf.add_subparsers(dest="buffer_command", required=True, metavar="ACTION")
     for name, help_text in (
-        ("stats", "backlog size, age, drops, epoch"),
-        ("export", "records as JSON lines on stdout"),
+        ("stats", "backlog size, age, drops, epoch (read-only)"),
+        ("export", "records as JSON lines on stdout (read-only)"),
+        ("requeue-poison", "send the records the platform refused again, once it is fixed"),
     ):
         p = buf_sub.add_parser(name, help=help_text)
         where = p.add_mutually_exclusive_group(required=True)
@@ -209,7 +212,7 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
         where.add_argument("--path", help="the buffer file itself")
         if name == "stats":
             p.add_argument("--json", action="store_true", help="machine-readable output")
-        else:
+        elif name == "export":
             p.add_argument("--poison", action="store_true", help="export set-aside batches")
         p.set_defaults(func=_buffer)
 

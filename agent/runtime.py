@@ -230,6 +230,7 @@ class Runtime:
                 log=self.log,
                 agent_version=__version__,
                 clock_synced=lambda: self.clock.synced,
+                alarm=self.event,
             )
         except (SecretError, UplinkConfigError) as exc:
             # Polling and buffering go on: nothing is lost while an installer fixes the key

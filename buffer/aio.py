@@ -206,6 +206,9 @@ class AsyncBuffer:
     async def set_aside(self, batch: Batch, reason: str) -> None:
         await self._call(self._buffer.set_aside, batch, reason)
 
+    async def requeue_poison(self) -> int:
+        return await self._call(self._buffer.requeue_poison)
+
     async def claim_command(self, command_id: str, expires_ms: int) -> bool:
         return await self._call(self._buffer.claim_command, command_id, expires_ms)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,4 +111,25 @@ def export_command(path: Path, *, poison: bool, out: TextIO) -> int:
             os.dup2(devnull, out.fileno())
     finally:
         buf.close()
+    return 0
+
+
+def requeue_poison_command(path: Path, *, out: TextIO, err: TextIO) -> int:
+    """Put every set-aside record back in line for the uplink (the one command that writes).
+
+    Safe while the agent runs: the buffer's writes take SQLite's lock and re-read its counters.
+    """
+    if not path.is_file():
+        print(f"{path}: no buffer file there", file=err)
+        return 1
+    try:
+        buf = Buffer.open(path)
+    except (OSError, sqlite3.Error, BufferVersionError) as exc:
+        print(f"{path}: cannot open the buffer for writing: {exc}", file=err)
+        return 1
+    try:
+        moved = buf.requeue_poison()
+    finally:
+        buf.close()
+    print(f"{path}: {moved} set-aside record(s) queued again for the platform", file=out)
     return 0

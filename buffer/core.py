@@ -467,9 +467,10 @@ class Buffer(Eviction):
                     "WHERE seq BETWEEN ? AND ?",
                     (prio, reason, when, first, last),
                 )
-                count, nbytes = self._delete_range(prio, first, last)
+                count, _nbytes = self._delete_range(prio, first, last)
                 moved += count
-                self._forget(c, prio, count, nbytes)
+                # No longer waiting, still on the card: poison counts against the bound.
+                self._forget(c, prio, count, 0)
             c.poisoned += moved
             # A platform that rejects our own poison report would otherwise get a new one for
             # every rejection, forever.
@@ -558,6 +559,28 @@ class Buffer(Eviction):
                 "for deleting acknowledged records): free space on the card"
             )
 
+    def requeue_poison(self) -> int:
+        """Put every set-aside record back in line, with its own seq (the platform stores a
+        record it already has once). Returns how many; for after the platform was fixed."""
+        self._check_writable()
+        moved = 0
+        with self._write() as c:
+            for prio, table in TABLE.items():
+                count = self._conn.execute(
+                    f"INSERT INTO {table} (seq, boot, body) "  # noqa: S608
+                    "SELECT seq, boot, body FROM poison WHERE prio = ?",
+                    (prio,),
+                ).rowcount
+                self._conn.execute("DELETE FROM poison WHERE prio = ?", (prio,))
+                if prio == PRIORITY_READING:
+                    c.readings += count
+                else:
+                    c.events += count
+                moved += count
+        if moved:
+            _log.info("buffer.poison_requeued", count=moved)
+        return moved
+
     def correct_unsynced(self, boot_id: str, delta_ms: int) -> int:
         """Shift ``ts`` by ``delta_ms`` and mark ``ts_synced`` for records stamped before clock
         sync in boot ``boot_id`` (poisoned ones included). Returns how many waiting records."""
@@ -582,10 +605,14 @@ class Buffer(Eviction):
                 ).fetchall()
                 c.bytes += sum(r[0] for r in after) - before
                 fixed += count
-            self._conn.execute(
-                f"UPDATE poison SET {set_body} WHERE boot = ?",  # noqa: S608
+            before = self._conn.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM poison WHERE boot = ?", (boot_id,)
+            ).fetchone()[0]
+            after = self._conn.execute(
+                f"UPDATE poison SET {set_body} WHERE boot = ? RETURNING length(body)",  # noqa: S608
                 (delta_ms, boot_id),
-            )
+            ).fetchall()
+            c.bytes += sum(r[0] for r in after) - before  # poison counts against the bound
             self._enforce_size(c)
         return fixed
 

@@ -1,7 +1,9 @@
-"""The bound: when the buffer is full the oldest readings go first, events last, and every drop is
-counted and reported by an ``agent.buffer_overflow`` event in the same transaction (DESIGN.md
-section 4, promise 4). What is in flight to the platform is spared first, so the platform's gaps
-are exactly the drops reported."""
+"""The bound: when the buffer is full the oldest set-aside (poison) records go first, then the
+oldest readings, events last, and every drop is counted and reported by an
+``agent.buffer_overflow`` event in the same transaction (DESIGN.md section 4, promise 4). What is
+in flight to the platform is spared first, so the platform's gaps are exactly the drops
+reported. Poison counts against the bound: records the platform refused must not grow the file
+past it (with a 256 KiB bound it reached 17 MB)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ _log = structlog.get_logger("buffer")
 class Dropped:
     readings: int = 0
     events: int = 0
+    poison: int = 0
+    """Set-aside records dropped (they count in neither readings nor events)."""
     bytes: int = 0
     oldest_ms: int | None = None
     newest_ms: int | None = None
@@ -76,6 +80,7 @@ class Eviction:
             {
                 "dropped_readings": dropped.readings,
                 "dropped_events": dropped.events,
+                "dropped_poison": dropped.poison,
                 "reason": reason,
                 "oldest_dropped_ms": dropped.oldest_ms,
                 "newest_dropped_ms": dropped.newest_ms,
@@ -86,7 +91,7 @@ class Eviction:
     def _overflow_reserve(self) -> int:
         """Room kept free so the overflow event itself always fits under the bound."""
         big = -(2**63)
-        worst = Dropped(big, big, big, big, big)
+        worst = Dropped(big, big, big, big, big, big)
         event = self._overflow_event(worst, "size")
         return len(self._encode(dataclasses.replace(event, ts=big))) + ROW_OVERHEAD
 
@@ -99,6 +104,7 @@ class Eviction:
             reason=reason,
             dropped_readings=dropped.readings,
             dropped_events=dropped.events,
+            dropped_poison=dropped.poison,
             bytes_freed=dropped.bytes,
             max_bytes=self.max_bytes,
         )
@@ -109,6 +115,7 @@ class Eviction:
         slack = self.max_bytes // EVICT_SLACK_DIVISOR
         target = max(0, self.max_bytes - self._reserve - slack)
         dropped = Dropped()
+        self._drop_oldest_poison(c, dropped, c.bytes - target)
         for prio in (PRIORITY_READING, PRIORITY_EVENT):
             # First spare what is in flight; only if that is not enough, drop it too.
             for after in dict.fromkeys((self._taken.get(prio, 0), 0)):
@@ -116,8 +123,28 @@ class Eviction:
                 if need <= 0:
                     break
                 self._drop_oldest(c, dropped, prio, after, need)
-        if dropped.readings or dropped.events:
+        if dropped.readings or dropped.events or dropped.poison:
             self._report_drop(c, dropped, "size")
+
+    def _drop_oldest_poison(self, c: Counters, dropped: Dropped, need: int) -> None:
+        if need <= 0:
+            return
+        row = self._conn.execute(
+            f"SELECT seq FROM (SELECT seq, sum(length(body) + {ROW_OVERHEAD}) "  # noqa: S608
+            "OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total FROM poison) "
+            "WHERE total >= ? LIMIT 1",
+            (need,),
+        ).fetchone()
+        cut = row[0] if row is not None else MAX_SEQ
+        count, nbytes = self._conn.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM poison WHERE seq <= ?", (cut,)
+        ).fetchone()
+        if count:
+            self._conn.execute("DELETE FROM poison WHERE seq <= ?", (cut,))
+            freed = int(nbytes) + ROW_OVERHEAD * int(count)
+            c.bytes -= freed
+            dropped.poison += int(count)
+            dropped.bytes += freed
 
     def _drop_oldest(self, c: Counters, dropped: Dropped, prio: int, after: int, need: int) -> None:
         """Drop the oldest records of ``prio`` after seq ``after`` until ``need`` bytes are free."""

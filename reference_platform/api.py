@@ -279,7 +279,12 @@ class ReferencePlatform:
         headers = {}
         if fault.retry_after_s is not None:
             headers["Retry-After"] = str(max(0, round(fault.retry_after_s)))
-        code = {"503": "unavailable", "500": "internal_error", "429": "too_many_requests"}
+        code = {
+            "400": "bad_request",
+            "503": "unavailable",
+            "500": "internal_error",
+            "429": "too_many_requests",
+        }
         raise ApiError(status, code[fault.mode], f"fault injected: {fault.mode}", headers=headers)
 
     def _agent(

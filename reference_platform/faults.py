@@ -7,7 +7,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
-FAULT_MODES: Final = ("none", "refuse", "503", "500", "429", "hang", "slow", "portal", "bad_ack")
+FAULT_MODES: Final = (
+    "none",
+    "refuse",
+    "400",
+    "503",
+    "500",
+    "429",
+    "hang",
+    "slow",
+    "portal",
+    "bad_ack",
+)
 
 
 @dataclasses.dataclass(slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+import subprocess
+import sys
 import threading
 import types
 from collections.abc import Iterator
@@ -82,8 +84,9 @@ def seqs_of(batch: Batch) -> list[int]:
 
 
 def stored_bytes(b: Buffer) -> int:
+    """What the bound counts: waiting records and set-aside ones."""
     total = 0
-    for table in ("events", "readings"):
+    for table in ("events", "readings", "poison"):
         n, size = b._conn.execute(
             f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table}"  # noqa: S608
         ).fetchone()
@@ -922,3 +925,60 @@ def test_a_version_1_file_gains_the_command_ledger(path: Path) -> None:
     with Buffer.open(path) as b:
         assert b.claim_command("c-1", expires_ms=now_ms() + 1000)
         assert [r["seq"] for r in b.export()] == [1]
+
+
+def test_poison_counts_against_the_bound_and_goes_first(tmp_path: Path) -> None:
+    """With a 256 KiB bound the file grew to 17 MB of set-aside records; now they are bounded
+    and the oldest of them is dropped first, reported."""
+    from buffer.core import MIN_MAX_BYTES
+
+    with Buffer.open(tmp_path / "b.db", max_bytes=MIN_MAX_BYTES) as b:
+        n = 0
+        while b.stats().poisoned < 3 * MIN_MAX_BYTES // 120:
+            b.append([reading(n + i) for i in range(50)])
+            n += 50
+            batch = b.take(50, 1 << 20)
+            assert batch is not None
+            b.set_aside(batch, "400 bad_request")
+        assert b.stats().bytes <= MIN_MAX_BYTES
+        assert b.stats().bytes == stored_bytes(b)
+        left = [r["seq"] for r in b.export(poison=True)]
+        assert left, "the newest set-aside records are kept"
+        assert left == sorted(left)
+        assert max(left) > 2 * len(left), "the oldest went first"
+        overflow = [r for r in b.export() if r.get("type") == "agent.buffer_overflow"]
+        assert overflow
+        assert sum(e["data"]["dropped_poison"] for e in overflow) > 0
+
+
+def test_requeued_poison_is_sent_again_with_its_seqs(tmp_path: Path) -> None:
+    with Buffer.open(tmp_path / "b.db") as b:
+        b.append([reading(i) for i in range(5)])
+        batch = b.take(3, 1 << 20)
+        assert batch is not None
+        b.set_aside(batch, "400 bad_request")
+        bytes_before = b.stats().bytes
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "buffer",
+            "requeue-poison",
+            "--path",
+            str(tmp_path / "b.db"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "3 set-aside record(s) queued again" in run.stdout
+    with Buffer.open(tmp_path / "b.db") as b:
+        assert list(b.export(poison=True)) == []
+        assert b.stats().bytes == bytes_before == stored_bytes(b)
+        again = b.take(100, 1 << 20)
+        assert again is not None
+        readings_ = [s for s in again.seqs() if s <= 5]
+        assert readings_ == [1, 2, 3, 4, 5]

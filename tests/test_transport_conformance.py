@@ -354,3 +354,34 @@ async def redeliver(p: Platform, command_id: str) -> None:
     waiter = p.platform._command_waiters.pop(GW, None)
     if waiter is not None:
         waiter.set()
+
+
+async def test_a_platform_refusing_everything_does_not_turn_the_backlog_into_poison(
+    tmp_path: Path, make_rig: RigFactory
+) -> None:
+    """A misconfigured proxy answering 400 to everything: the batch is halved to find the
+    culprit, a few records are set aside, then the uplink stops setting aside and waits."""
+    from agent.uplink.pump import POISON_RUN_MAX
+
+    async with make_rig(tmp_path, batch_max_records=50) as rig:
+        await rig.buffer.append(readings(200))
+        await rig.platform.fault(mode="400")
+        async with running(rig):
+            state = rig.client.state
+
+            async def refusing() -> bool:
+                return "not setting more aside" in (state.last_error or "")
+
+            await wait_for(refusing)
+            assert state.batches_poisoned == POISON_RUN_MAX
+            stats = await rig.buffer.stats()
+            # The rest waits in line, with the buffer's report of each record set aside.
+            assert (stats.readings, stats.events) == (200 - POISON_RUN_MAX, POISON_RUN_MAX)
+            assert not state.connected
+            await rig.platform.fault(mode="none")
+            await wait_for(empty(rig.buffer))
+            assert await rig.buffer.requeue_poison() == POISON_RUN_MAX
+            await wait_for(empty(rig.buffer))
+        records = await stored(rig.platform)
+        readings_ = sorted(r["seq"] for r in records if r["record"]["kind"] == "reading")
+        assert readings_ == list(range(1, 201)), "every reading arrived, once"

@@ -22,7 +22,7 @@ from agent.uplink.base import CommandExecutor, Transport
 from agent.uplink.commands import CommandService, CommandVerifier
 from agent.uplink.inventory import InventorySender
 from agent.uplink.link import Link
-from agent.uplink.pump import UploadPump
+from agent.uplink.pump import Alarm, UploadPump
 from buffer import AsyncBuffer
 
 __all__ = ["UplinkClient", "build_uplink"]
@@ -49,6 +49,7 @@ class UplinkClient:
         log: structlog.typing.FilteringBoundLogger,
         command_max_lifetime_s: float = 600.0,
         clock_synced: Callable[[], bool] | None = None,
+        alarm: Alarm | None = None,
         max_records: int,
         max_bytes: int,
         backoff_cap_s: float,
@@ -88,6 +89,7 @@ class UplinkClient:
             max_bytes=max_bytes,
             idle_poll_s=idle_poll_s,
             gzip_level=gzip_level,
+            alarm=alarm,
         )
         self.commands: CommandService | None = None
         if commands is not None:
@@ -155,6 +157,7 @@ def build_uplink(
     log: structlog.typing.FilteringBoundLogger,
     agent_version: str,
     clock_synced: Callable[[], bool],
+    alarm: Alarm,
 ) -> UplinkClient | None:
     """The uplink the config asks for, None when it asks for none. Raises
     :class:`agent.uplink.base.UplinkConfigError` or :class:`agent.config.secrets.SecretError`
@@ -176,4 +179,5 @@ def build_uplink(
         log=log.bind(task="uplink[http]"),
         agent_version=agent_version,
         clock_synced=clock_synced,
+        alarm=alarm,
     )

@@ -37,6 +37,7 @@ from agent.uplink.base import (
 )
 from agent.uplink.client import UplinkClient
 from agent.uplink.commands import load_command_key
+from agent.uplink.pump import Alarm
 from agent.uplink.wire import parse_http_date_ms, signature_headers
 from buffer import AsyncBuffer
 
@@ -353,6 +354,7 @@ class HttpUplinkClient(UplinkClient):
         long_poll_s: float = LONG_POLL_S,
         gzip_level: int = 6,
         clock_synced: Callable[[], bool] | None = None,
+        alarm: Alarm | None = None,
     ) -> None:
         log = log.bind(transport="http")
         transport = HttpTransport(
@@ -381,6 +383,7 @@ class HttpUplinkClient(UplinkClient):
             log=log,
             command_max_lifetime_s=config.command_max_lifetime_s,
             clock_synced=clock_synced,
+            alarm=alarm,
             max_records=config.batch_max_records,
             max_bytes=config.batch_max_kb * 1024,
             backoff_cap_s=config.backoff_cap_s,

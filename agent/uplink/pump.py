@@ -18,10 +18,11 @@ import collections
 import contextlib
 import time
 import zlib
-from typing import Final
+from typing import Any, Final, Protocol
 
 import structlog
 
+from agent.records import Severity
 from agent.state import UplinkState
 from agent.uplink.base import Kind, Outcome, Payload, Transport
 from agent.uplink.inventory import InventorySender
@@ -35,6 +36,17 @@ _INLINE_GZIP_MAX: Final = 64 * 1024
 """Bodies larger than this are compressed in a worker thread to keep the event loop free."""
 _CHUNK_BATCHES: Final = 4
 """Batches taken from the buffer at once (see :meth:`UploadPump.run`)."""
+POISON_RUN_MAX: Final = 10
+"""Batches set aside in a row after which the pump stops setting aside and waits: a platform
+(or a proxy in front of it) that refuses everything must not turn the backlog into poison."""
+
+
+class Alarm(Protocol):
+    """Raises an agent event (the runtime's :meth:`agent.sink.Sink.event`)."""
+
+    async def __call__(
+        self, type_: str, severity: Severity = Severity.INFO, **data: Any
+    ) -> None: ...
 
 
 class UploadPump:
@@ -50,8 +62,12 @@ class UploadPump:
         max_bytes: int,
         idle_poll_s: float = 0.5,
         gzip_level: int = 6,
+        alarm: Alarm | None = None,
     ) -> None:
         self._transport = transport
+        self._alarm = alarm
+        self._poison_run = 0
+        """Batches set aside since the last acknowledgement."""
         self._buffer = buffer
         self._link = link
         self._state: UplinkState = link.state
@@ -124,14 +140,19 @@ class UploadPump:
             if outcome.kind is Kind.ACK:
                 acks.append(asyncio.ensure_future(self._buffer.ack(batch)))
                 pending.popleft()
-            elif outcome.kind is Kind.SPLIT and len(batch.records) > 1:
+                self._poison_run = 0
+            elif outcome.kind in (Kind.SPLIT, Kind.POISON) and len(batch.records) > 1:
+                # Refused: halve until what the platform refuses is alone, so only that is
+                # set aside.
                 first, second = batch.split()
                 pending.popleft()
                 pending.extendleft((second, first))
-            elif outcome.kind in (Kind.SPLIT, Kind.POISON):
+            elif outcome.kind in (Kind.SPLIT, Kind.POISON) and self._poison_run < POISON_RUN_MAX:
                 await self._set_aside(batch, outcome.error or "rejected")
                 pending.popleft()
             else:
+                if outcome.kind in (Kind.SPLIT, Kind.POISON):
+                    outcome = await self._refusing(outcome)
                 await self._link.back_off(outcome)
                 return False
         return True
@@ -182,8 +203,29 @@ class UploadPump:
                 )
         return outcome
 
+    async def _refusing(self, outcome: Outcome) -> Outcome:
+        """The platform refused :data:`POISON_RUN_MAX` records in a row: stop setting aside,
+        raise the alarm once, and wait as for a credentials problem until one is accepted."""
+        error = (
+            f"the platform refused {self._poison_run} records in a row (last: {outcome.error}); "
+            "not setting more aside: check the platform, or a proxy in front of it "
+            "(`edge-agent buffer requeue-poison` sends the set-aside ones again)"
+        )
+        if self._poison_run == POISON_RUN_MAX:
+            self._poison_run += 1  # the alarm once per run
+            self._log.error("uplink.refusing_everything", error=outcome.error)
+            if self._alarm is not None:
+                await self._alarm(
+                    "agent.uplink_refused",
+                    Severity.ALARM,
+                    error=outcome.error or "",
+                    set_aside=POISON_RUN_MAX,
+                )
+        return self._link.failed(Outcome(Kind.AUTH, error, outcome.retry_after_s))
+
     async def _set_aside(self, batch: Batch, reason: str) -> None:
         await self._buffer.set_aside(batch, reason)
+        self._poison_run += 1
         self._state.batches_poisoned += 1
         self._log.error(
             "uplink.batch_poisoned",
