@@ -1,10 +1,14 @@
 """Is the system clock synchronised, and what to do about records stamped before it was.
 
 A gateway without a real-time clock boots at a wrong time. Until NTP has set the clock, records
-are stamped ``ts_synced=False``; when synchronisation is first seen, the jump of the wall clock
-against the monotonic clock is the correction for everything stamped in this boot before it
-(DESIGN.md section 3). The kernel's ``adjtimex`` answers TIME_ERROR while the clock is
-unsynchronised; systemd-timesyncd also touches ``/run/systemd/timesync/synchronized``.
+are stamped ``ts_synced=False``. The watch compares the wall clock with the monotonic clock every
+few seconds: a jump while unsynchronised (NTP stepping the clock, often seconds before the
+kernel's flag appears) shifts what was stamped before it at once, still marked unsynced; when
+synchronisation is seen, what jumped since the last look is the last correction and the records
+are marked synced (DESIGN.md section 3). A jump after synchronisation is reported, not applied:
+those stamps were right when they were made. The kernel's ``adjtimex`` answers TIME_ERROR while
+the clock is unsynchronised; systemd-timesyncd also touches
+``/run/systemd/timesync/synchronized``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from pathlib import Path
 
 from agent.records import boot_id
 
-__all__ = ["Clock", "boot_id", "kernel_clock_synced"]
+__all__ = ["JUMP_MS", "Clock", "boot_id", "kernel_clock_synced"]
+
+JUMP_MS = 1000
+"""A change of the wall clock against the monotonic one larger than this is a step."""
 
 _TIME_ERROR = 5
 _TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")
@@ -81,13 +88,29 @@ class Clock:
     def stamp(self) -> tuple[int, bool]:
         return int(self._wall() * 1000), self.synced
 
-    async def watch(self, on_sync: Callable[[int], Awaitable[None]]) -> None:
-        """Poll until the clock is synchronised, then call ``on_sync(delta_ms)`` once."""
-        while not self.synced:
-            self._offset = self._wall() - self._monotonic()
+    def _jump_ms(self) -> int:
+        """How far the wall clock moved against the monotonic one since the last look."""
+        offset = self._wall() - self._monotonic()
+        jumped = round((offset - self._offset) * 1000)
+        self._offset = offset
+        return jumped
+
+    async def watch(
+        self,
+        on_sync: Callable[[int], Awaitable[None]],
+        on_step: Callable[[int, bool], Awaitable[None]],
+    ) -> None:
+        """Look every ``poll_s``. While unsynchronised, ``on_step(delta_ms, False)`` for each
+        step and ``on_sync(delta_ms)`` once when synchronisation appears (``delta_ms``: what
+        moved since the last look); after that, ``on_step(delta_ms, True)`` for each step."""
+        self._offset = self._wall() - self._monotonic()
+        while True:
             await asyncio.sleep(self.poll_s)
-            if self._check():
-                delta_ms = round(((self._wall() - self._monotonic()) - self._offset) * 1000)
+            if not self.synced and self._check():
                 self.synced = True
                 with contextlib.suppress(asyncio.CancelledError):
-                    await on_sync(delta_ms)
+                    await on_sync(self._jump_ms())
+                continue
+            jumped = self._jump_ms()
+            if abs(jumped) > JUMP_MS:
+                await on_step(jumped, self.synced)

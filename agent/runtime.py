@@ -80,6 +80,8 @@ class Runtime:
         self.log = get_logger(gateway=config.gateway.id)
         self.state = AgentState(gateway_id=config.gateway.id, version=__version__)
         self.state.clock_synced = self.clock.synced
+        self._unsynced_shift_ms = 0
+        """Steps applied to unsynced records before the clock was synchronised."""
         self.buffer: AsyncBuffer | None = None
         self.sink = Sink(
             lambda: self.buffer,
@@ -210,8 +212,25 @@ class Runtime:
         assert self.buffer is not None
         self.state.clock_synced = True
         fixed = await self.buffer.correct_unsynced(self.clock.boot_id, delta_ms)
-        self.log.info("clock.synced", correction_ms=delta_ms, records_corrected=fixed)
-        await self.event("agent.clock_synced", correction_ms=delta_ms, records_corrected=fixed)
+        total = self._unsynced_shift_ms + delta_ms
+        self.log.info("clock.synced", correction_ms=total, records_corrected=fixed)
+        await self.event("agent.clock_synced", correction_ms=total, records_corrected=fixed)
+
+    async def _clock_stepped(self, delta_ms: int, synced: bool) -> None:
+        assert self.buffer is not None
+        if not synced:
+            # NTP set the clock before the kernel says so: what was stamped so far moves with
+            # it now (still unsynced), or the correction at sync would miss this step.
+            self._unsynced_shift_ms += delta_ms
+            moved = await self.buffer.correct_unsynced(
+                self.clock.boot_id, delta_ms, mark_synced=False
+            )
+            self.log.info("clock.stepped_unsynced", step_ms=delta_ms, records_shifted=moved)
+            return
+        self.log.warning(
+            "clock.step", step_ms=delta_ms, hint="the clock moved after synchronisation"
+        )
+        await self.event("agent.clock_step", Severity.WARNING, step_ms=delta_ms)
 
     async def _start_uplink(self) -> None:
         from agent.config.secrets import SecretError  # noqa: PLC0415
@@ -373,7 +392,7 @@ class Runtime:
         keep("buffer-figures", self._refresh_buffer_figures)
         if not self.clock.synced:
             self.log.warning("clock.unsynced", hint="records are marked ts_synced=false until NTP")
-            keep("clock-watch", lambda: self.clock.watch(self._clock_synced))
+        keep("clock-watch", lambda: self.clock.watch(self._clock_synced, self._clock_stepped))
         keep("ingest", self.ingest.run)
         keep("stale-watch", self.availability.watch_stale)
         await self._start_uplink()

@@ -215,8 +215,14 @@ class AsyncBuffer:
     async def stats(self) -> BufferStats:
         return await self._call(self._buffer.stats)
 
-    async def correct_unsynced(self, boot_id: str, delta_ms: int) -> int:
-        return await self._call(self._buffer.correct_unsynced, boot_id, delta_ms)
+    async def correct_unsynced(
+        self, boot_id: str, delta_ms: int, *, mark_synced: bool = True
+    ) -> int:
+        return await self._call(
+            functools.partial(self._buffer.correct_unsynced, mark_synced=mark_synced),
+            boot_id,
+            delta_ms,
+        )
 
     async def close(self) -> None:
         """Commit every append already made (without waiting out the window), then close.

@@ -581,14 +581,18 @@ class Buffer(Eviction):
             _log.info("buffer.poison_requeued", count=moved)
         return moved
 
-    def correct_unsynced(self, boot_id: str, delta_ms: int) -> int:
-        """Shift ``ts`` by ``delta_ms`` and mark ``ts_synced`` for records stamped before clock
-        sync in boot ``boot_id`` (poisoned ones included). Returns how many waiting records."""
+    def correct_unsynced(self, boot_id: str, delta_ms: int, *, mark_synced: bool = True) -> int:
+        """Shift ``ts`` by ``delta_ms`` for records stamped before clock sync in boot
+        ``boot_id`` (poisoned ones included) and, with ``mark_synced``, mark them
+        ``ts_synced`` (without it they stay unsynced: a step seen before the kernel's flag).
+        Returns how many waiting records."""
         self._check_writable()
         fixed = 0
         set_body = (
             "body = CAST(json_set(CAST(body AS TEXT), '$.ts', "
             f"{TS} + ?, '$.ts_synced', json('true')) AS BLOB), boot = NULL"
+            if mark_synced
+            else f"body = CAST(json_set(CAST(body AS TEXT), '$.ts', {TS} + ?) AS BLOB)"
         )
         with self._write() as c:
             for table in ("events", "readings"):

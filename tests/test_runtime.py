@@ -17,6 +17,7 @@ from agent_proc import AgentProcess, buffer_records, sim_device, wait_for, write
 from agent.clock import Clock
 from agent.config.loader import load_config
 from agent.driver import Health
+from agent.records import Event
 from agent.runtime import Runtime
 
 
@@ -119,7 +120,12 @@ async def test_crashing_driver_is_restarted_with_backoff_and_an_event(tmp_path: 
     assert runtime.state.devices["buggy"].reads >= 2
 
 
-async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag_late", [False, True], ids=["flag-with-step", "flag-after-step"])
+async def test_records_stamped_before_clock_sync_are_corrected(
+    tmp_path: Path, flag_late: bool
+) -> None:
+    """With ``flag_late`` NTP steps the clock and the kernel's sync flag comes seconds later:
+    the correction used to come out 0 while the records were marked synced."""
     synced = [False]
     skew = [-3600.0]  # the gateway booted an hour behind
 
@@ -131,6 +137,11 @@ async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -
     try:
         await asyncio.wait_for(_until(lambda: _reads(runtime, "m") >= 3), 30)
         skew[0] = 0.0  # NTP steps the clock
+        if flag_late:
+            await asyncio.wait_for(_until(lambda: runtime._unsynced_shift_ms != 0), 30)
+            reads_at_step = runtime.state.devices["m"].reads
+            await asyncio.wait_for(_until(lambda: _reads(runtime, "m") > reads_at_step + 2), 30)
+            assert not runtime.state.clock_synced
         synced[0] = True
         await asyncio.wait_for(_until(lambda: runtime.state.clock_synced), 30)
         reads_at_sync = runtime.state.devices["m"].reads
@@ -150,6 +161,32 @@ async def test_records_stamped_before_clock_sync_are_corrected(tmp_path: Path) -
     assert len(synced_events) == 1
     assert abs(synced_events[0]["data"]["correction_ms"] - 3_600_000) < 5_000
     assert synced_events[0]["data"]["records_corrected"] >= 3
+
+
+async def test_a_step_after_synchronisation_is_reported_not_applied(tmp_path: Path) -> None:
+    skew = [0.0]
+    clock = Clock("always", wall=lambda: time.time() + skew[0], poll_s=0.05)
+    runtime = Runtime(
+        load_config(write_config(tmp_path, [sim_device("m", interval_s=0.1)])), clock=clock
+    )
+    task = asyncio.create_task(runtime.run(install_signals=False))
+    try:
+        await asyncio.wait_for(_until(lambda: _reads(runtime, "m") >= 3), 30)
+        skew[0] = -120.0  # someone set the clock back two minutes
+        await asyncio.wait_for(
+            _until(lambda: any(e.type == "agent.clock_step" for e in _events(runtime))), 30
+        )
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(task, 30)
+    records = buffer_records(tmp_path / "buffer.db")
+    (step,) = [r for r in records if r["kind"] == "event" and r["type"] == "agent.clock_step"]
+    assert abs(step["data"]["step_ms"] + 120_000) < 5_000
+    assert all(r["ts_synced"] for r in records)
+
+
+def _events(runtime: Runtime) -> list[Any]:
+    return [e for e in runtime.state.recent_events if isinstance(e, Event)]
 
 
 async def _until(condition: Any) -> None:
