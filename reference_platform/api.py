@@ -30,6 +30,7 @@ from agent.uplink.wire import (
     parse_authorization,
     sha256_hex,
     sign_command,
+    valid_nonce,
     verify_request_signature,
 )
 from reference_platform.contract import (
@@ -49,6 +50,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COMMAND_STATUSES: Final = ("ok", "failed", "refused", "expired")
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 """Largest request body accepted as sent (compressed)."""
+_NONCES_MAX: Final = 1_000_000
+"""Nonces remembered at most (some 55 requests a second from every gateway for 10 minutes)."""
 MAX_INVENTORY_BYTES: Final = 8 * 1024 * 1024
 """Largest inventory accepted, decompressed (some 20,000 devices)."""
 MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
@@ -116,8 +119,13 @@ class ReferencePlatform:
         durability: str = "full",
         clock: Callable[[], float] = time.time,
         contract: OpenApiContract | None = None,
+        redeliver_after_s: float = 30.0,
     ) -> None:
         self.keys = dict(keys)
+        self.redeliver_after_ms = int(redeliver_after_s * 1000)
+        """A command delivered but not answered goes out again after this: it counts as
+        delivered only once the gateway's result arrives (the agent runs it at most once)."""
+        self._nonces: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self.contract = contract
         """Contract mode (the test suite's): bodies are checked against docs/openapi.yaml."""
         self.store = Store(db_path, durability=durability)
@@ -207,15 +215,18 @@ class ReferencePlatform:
         """Verify the EA1-HMAC-SHA256 signature; return the key and the body as sent."""
         key_id = request.headers.get("X-Key-Id")
         ts_text = request.headers.get("X-Timestamp")
+        nonce = request.headers.get("X-Nonce")
         digest = request.headers.get("X-Content-SHA256")
         signature = parse_authorization(request.headers.get("Authorization"))
-        if not key_id or not ts_text or not digest or not signature:
+        if not key_id or not ts_text or not nonce or not digest or not signature:
             raise ApiError(
                 401,
                 "missing_auth",
-                "X-Key-Id, X-Timestamp, X-Content-SHA256 and "
+                "X-Key-Id, X-Timestamp, X-Nonce, X-Content-SHA256 and "
                 "'Authorization: EA1-HMAC-SHA256 Signature=<hex>' are required",
             )
+        if not valid_nonce(nonce):
+            raise ApiError(401, "bad_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-]")
         key = self.keys.get(key_id)
         if key is None:
             raise ApiError(401, "unknown_key", "unknown key id")
@@ -224,10 +235,11 @@ class ReferencePlatform:
         except ValueError:
             raise ApiError(401, "bad_timestamp", "X-Timestamp must be UTC milliseconds") from None
         if not verify_request_signature(
-            key.secret, request.method, request.raw_path, ts, digest, signature
+            key.secret, request.method, request.raw_path, ts, nonce, digest, signature
         ):
             raise ApiError(401, "bad_signature", "signature does not match")
-        skew = ts - self.now_ms()
+        now = self.now_ms()
+        skew = ts - now
         if abs(skew) > MAX_SKEW_MS:
             raise ApiError(
                 401,
@@ -240,7 +252,20 @@ class ReferencePlatform:
         body = await request.read()
         if sha256_hex(body) != digest.lower():
             raise ApiError(401, "digest_mismatch", "X-Content-SHA256 does not match the body")
+        self._remember_nonce(key_id, nonce, now)
         return key, body
+
+    def _remember_nonce(self, key_id: str, nonce: str, now: int) -> None:
+        """Refuse a nonce seen within the timestamp window: a captured request replayed (a long
+        poll that would take the gateway's door command) is refused, not served."""
+        nonces = self._nonces
+        while nonces and (next(iter(nonces.values())) < now or len(nonces) >= _NONCES_MAX):
+            nonces.popitem(last=False)
+        if (key_id, nonce) in nonces:
+            raise ApiError(401, "replayed_request", "this X-Nonce was used already")
+        # Kept for both halves of the window: a timestamp accepted now may be up to
+        # MAX_SKEW_MS in the future.
+        nonces[(key_id, nonce)] = now + 2 * MAX_SKEW_MS
 
     async def _apply_fault(self, request: web.Request) -> web.StreamResponse | None:
         """Misbehave as configured with POST /admin/fault; only agent-facing endpoints do."""
@@ -476,14 +501,17 @@ class ReferencePlatform:
             # (queued verbatim through /admin/raw-command for tests) always are.
             conn.execute(
                 "UPDATE commands SET status = 'expired', error = 'expired before delivery',"
-                " result_ms = ? WHERE gateway = ? AND status = 'queued' AND raw = 0"
-                " AND expires_ms < ?",
+                " result_ms = ? WHERE gateway = ? AND status IN ('queued', 'delivered')"
+                " AND result_ms IS NULL AND raw = 0 AND expires_ms < ?",
                 (now, gateway, now),
             )
+            # Delivered counts only once the result arrives: a delivery nobody answered (a
+            # lost answer, a gateway that restarted) goes out again after a while.
             rows = conn.execute(
-                "SELECT id, body FROM commands WHERE gateway = ? AND status = 'queued'"
+                "SELECT id, body FROM commands WHERE gateway = ? AND (status = 'queued'"
+                " OR (status = 'delivered' AND result_ms IS NULL AND delivered_ms <= ?))"
                 " ORDER BY created_ms, rowid",
-                (gateway,),
+                (gateway, now - self.redeliver_after_ms),
             ).fetchall()
             conn.executemany(
                 "UPDATE commands SET status = 'delivered', delivered_ms = ? WHERE id = ?",
@@ -767,6 +795,7 @@ def build_app(
     durability: str = "full",
     clock: Callable[[], float] = time.time,
     contract: OpenApiContract | None = None,
+    redeliver_after_s: float = 30.0,
 ) -> web.Application:
     """The reference platform as an aiohttp application (its state is ``app[PLATFORM]``)."""
     platform = ReferencePlatform(
@@ -777,6 +806,7 @@ def build_app(
         durability=durability,
         clock=clock,
         contract=contract,
+        redeliver_after_s=redeliver_after_s,
     )
     app = web.Application(
         middlewares=[platform.middleware],

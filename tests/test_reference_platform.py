@@ -524,3 +524,77 @@ async def test_a_wait_that_is_not_finite_is_400_not_a_hang(tmp_path: Path, wait:
             signed(p.session, p.url, "GET", f"/v1/gateways/{GW}/commands?wait_s={wait}"), 10
         )
         assert (status, doc["error"]) == (400, "bad_parameter")
+
+
+async def test_a_replayed_request_is_refused(tmp_path: Path) -> None:
+    """A captured long poll replayed would take the gateway's queued door command."""
+    from test_uplink_support import KEY_ID, SECRET
+
+    from agent.uplink.wire import signature_headers
+
+    async with running_platform(tmp_path) as p:
+        path = f"/v1/gateways/{GW}/commands?wait_s=0"
+        captured = signature_headers(
+            KEY_ID, SECRET.encode(), "GET", path, int(time.time() * 1000), b""
+        )
+        async with p.session.get(p.url + path, headers=captured) as resp:
+            assert resp.status == 200
+        await p.admin("POST", f"/v1/gateways/{GW}/commands", {"device": "d", "action": "open"})
+        async with p.session.get(p.url + path, headers=captured) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"] == "replayed_request"
+        # The real gateway, with a fresh nonce, still gets the command.
+        status, doc, _ = await signed(p.session, p.url, "GET", path)
+        assert status == 200
+        assert [c["action"] for c in doc["commands"]] == ["open"]
+
+
+@pytest.mark.parametrize(
+    ("nonce", "code"), [(None, "missing_auth"), ("short", "bad_nonce"), ("a b" * 8, "bad_nonce")]
+)
+async def test_a_missing_or_malformed_nonce_is_refused(
+    tmp_path: Path, nonce: str | None, code: str
+) -> None:
+    def change(headers: dict[str, str]) -> None:
+        if nonce is None:
+            del headers["X-Nonce"]
+        else:
+            headers["X-Nonce"] = nonce
+
+    async with running_platform(tmp_path) as p:
+        path = f"/v1/gateways/{GW}/commands?wait_s=0"
+        status, doc, _ = await signed(p.session, p.url, "GET", path, tamper=change)
+        assert (status, doc["error"]) == (401, code)
+
+
+async def test_a_command_counts_as_delivered_only_once_its_result_arrives(
+    tmp_path: Path,
+) -> None:
+    async with running_platform(tmp_path, redeliver_after_s=0.5) as p:
+        _, doc = await p.admin(
+            "POST", f"/v1/gateways/{GW}/commands", {"device": "d", "action": "open"}
+        )
+        command_id = doc["command"]["id"]
+        path = f"/v1/gateways/{GW}/commands?wait_s=0"
+
+        async def poll() -> list[str]:
+            status, answer, _ = await signed(p.session, p.url, "GET", path)
+            assert status == 200
+            return [c["id"] for c in answer["commands"]]
+
+        assert await poll() == [command_id]
+        assert await poll() == [], "not again at once"
+        await asyncio.sleep(0.6)
+        assert await poll() == [command_id], "no result came: delivered again"
+        result = orjson.dumps({"status": "ok", "result": {}, "ts": int(time.time() * 1000)})
+        status, _, _ = await signed(
+            p.session,
+            p.url,
+            "POST",
+            f"/v1/gateways/{GW}/commands/{command_id}/result",
+            result,
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 200
+        await asyncio.sleep(0.6)
+        assert await poll() == []

@@ -154,6 +154,7 @@ def test_documented_signature_test_vector() -> None:
         "GET",
         f"/v1/gateways/{GW}/commands?wait_s=25",
         1_700_000_000_000,
+        "5f0c3b6e9a2d4c718e1f2a3b4c5d6e7f",
         sha256_hex(b""),
     )
     assert f"Signature={expected}" in text

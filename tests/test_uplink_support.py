@@ -117,6 +117,7 @@ async def running_platform(
     ssl_context: ssl.SSLContext | None = None,
     clock: Callable[[], float] = time.time,
     durability: str = "normal",
+    redeliver_after_s: float = 30.0,
 ) -> AsyncIterator[Platform]:
     # Contract mode: every body the agent (or a test) sends must match docs/openapi.yaml too.
     app = build_app(
@@ -126,6 +127,7 @@ async def running_platform(
         durability=durability,
         clock=clock,
         contract=OpenApiContract(),
+        redeliver_after_s=redeliver_after_s,
     )
     runner, port = await start_site(app, "127.0.0.1", 0, ssl_context=ssl_context)
     async with aiohttp.ClientSession() as session:

@@ -35,7 +35,7 @@ def published_vector() -> tuple[dict[str, str], str, dict[str, str]]:
     section = doc[doc.index("Test vector") :]
     setting = re.search(
         r"gateway `(?P<gw>[^`]+)`, key id `(?P<key>[^`]+)`, secret\s+`(?P<secret>[^`]+)`, "
-        r"signed at `(?P<ts>\d+)`",
+        r"signed at `(?P<ts>\d+)` with nonce\s+`(?P<nonce>[^`]+)`",
         section,
     )
     assert setting is not None, "the test vector's setting is not where the doc says"
@@ -47,11 +47,18 @@ def published_vector() -> tuple[dict[str, str], str, dict[str, str]]:
 
 def test_the_published_vector_is_what_the_agent_signs() -> None:
     setting, canonical, headers = published_vector()
-    method, target, ts, digest = canonical.split("\n")
+    method, target, ts, nonce, digest = canonical.split("\n")
     assert digest == sha256_hex(b"")  # a GET has an empty body
-    assert canonical_request(method, target, int(ts), digest) == canonical.encode()
+    assert nonce == setting["nonce"]
+    assert canonical_request(method, target, int(ts), nonce, digest) == canonical.encode()
     signed = signature_headers(
-        setting["key"], setting["secret"].encode(), method, target, int(setting["ts"]), b""
+        setting["key"],
+        setting["secret"].encode(),
+        method,
+        target,
+        int(setting["ts"]),
+        b"",
+        nonce=setting["nonce"],
     )
     assert signed == headers
 
@@ -61,12 +68,16 @@ def test_an_integrator_computing_the_hmac_by_hand_gets_the_same() -> None:
     by_hand = hmac.new(setting["secret"].encode(), canonical.encode(), hashlib.sha256).hexdigest()
     assert headers["Authorization"] == f"EA1-HMAC-SHA256 Signature={by_hand}"
     assert headers["X-Content-SHA256"] == hashlib.sha256(b"").hexdigest()
-    method, target, ts, digest = canonical.split("\n")
+    method, target, ts, nonce, digest = canonical.split("\n")
     assert verify_request_signature(
-        setting["secret"].encode(), method, target, int(ts), digest, by_hand
+        setting["secret"].encode(), method, target, int(ts), nonce, digest, by_hand
     )
     assert not verify_request_signature(
-        setting["secret"].encode(), method, target + "1", int(ts), digest, by_hand
+        setting["secret"].encode(), method, target + "1", int(ts), nonce, digest, by_hand
+    )
+    # The nonce is signed: a replay under a fresh nonce does not verify.
+    assert not verify_request_signature(
+        setting["secret"].encode(), method, target, int(ts), nonce[::-1], digest, by_hand
     )
 
 

@@ -15,6 +15,8 @@ import datetime
 import email.utils
 import hashlib
 import hmac
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "command_problem",
     "load_ed25519_private_key",
     "load_ed25519_public_key",
+    "new_nonce",
     "parse_authorization",
     "parse_http_date_ms",
     "result_document",
@@ -41,13 +44,16 @@ __all__ = [
     "sign_command",
     "sign_request",
     "signature_headers",
+    "valid_nonce",
     "verify_command",
     "verify_request_signature",
 ]
 
 AUTH_SCHEME = "EA1-HMAC-SHA256"
 MAX_SKEW_MS = 300_000
-"""Requests whose X-Timestamp is further than this from the server's clock are rejected."""
+"""Requests whose X-Timestamp is further than this from the server's clock are rejected; a
+platform remembers each nonce at least this long (either side of its timestamp)."""
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -58,32 +64,56 @@ def sha256_hex(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def canonical_request(method: str, target: str, timestamp_ms: int, body_sha256: str) -> bytes:
-    """``METHOD\\nPATH[?QUERY]\\nTIMESTAMP\\nBODY_SHA256`` as UTF-8.
+def canonical_request(
+    method: str, target: str, timestamp_ms: int, nonce: str, body_sha256: str
+) -> bytes:
+    """``METHOD\nPATH[?QUERY]\nTIMESTAMP\nNONCE\nBODY_SHA256`` as UTF-8.
 
     ``target`` is the request target exactly as it goes on the wire (percent-encoded path,
     ``?`` and query only when there is a query), including any path prefix of the base URL.
+    ``nonce`` is the request's ``X-Nonce``: signed, so a replay cannot change it.
     """
-    return f"{method.upper()}\n{target}\n{timestamp_ms}\n{body_sha256.lower()}".encode()
+    return f"{method.upper()}\n{target}\n{timestamp_ms}\n{nonce}\n{body_sha256.lower()}".encode()
 
 
 def sign_request(
-    secret: bytes, method: str, target: str, timestamp_ms: int, body_sha256: str
+    secret: bytes, method: str, target: str, timestamp_ms: int, nonce: str, body_sha256: str
 ) -> str:
     return hmac.new(
-        secret, canonical_request(method, target, timestamp_ms, body_sha256), hashlib.sha256
+        secret,
+        canonical_request(method, target, timestamp_ms, nonce, body_sha256),
+        hashlib.sha256,
     ).hexdigest()
 
 
+def new_nonce() -> str:
+    """A fresh ``X-Nonce``: 128 random bits as 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def valid_nonce(nonce: str) -> bool:
+    """16 to 64 characters of ``[A-Za-z0-9_-]``."""
+    return _NONCE.fullmatch(nonce) is not None
+
+
 def signature_headers(
-    key_id: str, secret: bytes, method: str, target: str, timestamp_ms: int, body: bytes
+    key_id: str,
+    secret: bytes,
+    method: str,
+    target: str,
+    timestamp_ms: int,
+    body: bytes,
+    *,
+    nonce: str | None = None,
 ) -> dict[str, str]:
-    """The four authentication headers for one request."""
+    """The five authentication headers for one request (a fresh nonce unless one is given)."""
     digest = sha256_hex(body)
-    signature = sign_request(secret, method, target, timestamp_ms, digest)
+    nonce = nonce if nonce is not None else new_nonce()
+    signature = sign_request(secret, method, target, timestamp_ms, nonce, digest)
     return {
         "X-Key-Id": key_id,
         "X-Timestamp": str(timestamp_ms),
+        "X-Nonce": nonce,
         "X-Content-SHA256": digest,
         "Authorization": f"{AUTH_SCHEME} Signature={signature}",
     }
@@ -108,10 +138,11 @@ def verify_request_signature(
     method: str,
     target: str,
     timestamp_ms: int,
+    nonce: str,
     body_sha256: str,
     signature_hex: str,
 ) -> bool:
-    expected = sign_request(secret, method, target, timestamp_ms, body_sha256)
+    expected = sign_request(secret, method, target, timestamp_ms, nonce, body_sha256)
     # Constant time, so that response timing does not reveal how much of a forged signature
     # was right.
     return hmac.compare_digest(expected.encode(), signature_hex.encode())
