@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.uplink.wire import (
     MAX_SKEW_MS,
     ack_document,
+    command_envelope,
     parse_authorization,
     sha256_hex,
     sign_command,
@@ -521,7 +522,9 @@ class ReferencePlatform:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return [orjson.loads(r[1]) for r in rows]
+        # Each command as its exact signed bytes with the signature beside them (docs,
+        # "Commands"): the gateway verifies before it parses.
+        return [command_envelope(orjson.loads(r[1])) for r in rows]
 
     async def post_command_result(
         self, request: web.Request, key: GatewayKey, body: bytes

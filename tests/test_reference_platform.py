@@ -31,6 +31,7 @@ from test_uplink_support import (
 from agent.uplink.wire import (
     canonical_command,
     load_ed25519_public_key,
+    open_envelope,
     parse_http_date_ms,
     sign_command,
     verify_command,
@@ -301,12 +302,21 @@ async def test_commands_are_signed_long_polled_and_resulted(tmp_path: Path) -> N
         assert status == 201
         status, doc, _ = await asyncio.wait_for(waiting, 5)
         assert status == 200
-        (command,) = doc["commands"]
-        assert command == queued["command"]
+        (envelope,) = doc["commands"]
+        assert set(envelope) == {"id", "payload", "signature"}
         _, key_doc = await p.admin("GET", "/v1/command-key")
         key = load_ed25519_public_key(key_doc["public_key_pem"].encode())
-        assert verify_command(key, command)
+        command = open_envelope(key, envelope)
+        assert isinstance(command, dict), command
+        assert command == {k: v for k, v in queued["command"].items() if k != "signature"}
+        assert envelope["signature"] == queued["command"]["signature"]
+        assert verify_command(key, queued["command"])
         assert command["key_id"] == key_doc["key_id"]
+        # The payload is the exact bytes signed: one changed byte and it no longer verifies.
+        raw = bytearray(base64.b64decode(envelope["payload"]))
+        raw[raw.index(b"open")] = ord("O")
+        bent = {**envelope, "payload": base64.b64encode(bytes(raw)).decode()}
+        assert open_envelope(key, bent) == "bad_signature"
         # Delivered once: the next poll is empty.
         status, doc, _ = await signed(
             p.session, p.url, "GET", f"/v1/gateways/{GW}/commands?wait_s=0"
@@ -539,14 +549,16 @@ async def test_a_replayed_request_is_refused(tmp_path: Path) -> None:
         )
         async with p.session.get(p.url + path, headers=captured) as resp:
             assert resp.status == 200
-        await p.admin("POST", f"/v1/gateways/{GW}/commands", {"device": "d", "action": "open"})
+        _, queued = await p.admin(
+            "POST", f"/v1/gateways/{GW}/commands", {"device": "d", "action": "open"}
+        )
         async with p.session.get(p.url + path, headers=captured) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"] == "replayed_request"
         # The real gateway, with a fresh nonce, still gets the command.
         status, doc, _ = await signed(p.session, p.url, "GET", path)
         assert status == 200
-        assert [c["action"] for c in doc["commands"]] == ["open"]
+        assert [c["id"] for c in doc["commands"]] == [queued["command"]["id"]]
 
 
 @pytest.mark.parametrize(

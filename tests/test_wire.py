@@ -8,6 +8,7 @@ document itself and checks it three ways: the agent's signing code, the platform
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -20,9 +21,12 @@ from agent.uplink.wire import (
     ack_problem,
     batch_document,
     canonical_request,
+    command_envelope,
     command_problem,
+    open_envelope,
     result_document,
     sha256_hex,
+    sign_command,
     signature_headers,
     verify_request_signature,
 )
@@ -137,3 +141,30 @@ def test_command_shapes_and_result_documents() -> None:
         "error": "no answer",
     }
     assert batch_document("e", b"[]") == b'{"epoch":"e","records":[]}'
+
+
+def test_the_published_command_vector_verifies_and_opens() -> None:
+    """Detached signatures over exact bytes (docs/uplink-api.md, "Command test vector")."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    doc = (ROOT / "docs" / "uplink-api.md").read_text(encoding="utf-8")
+    section = doc[doc.index("Each command travels as the exact bytes") :]
+    blocks = re.findall(r"```json\n(.*?)\n```", section, flags=re.DOTALL)
+    poll, payload = orjson.loads(blocks[0]), orjson.loads(blocks[1])
+    published = re.search(r"has the public key\s+`([0-9a-f]{64})`", section)
+    assert published is not None
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    public = key.public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert raw.hex() == published.group(1)
+    (envelope,) = poll["commands"]
+    assert open_envelope(public, envelope) == payload
+    assert command_envelope({**payload, "signature": sign_command(key, payload)}) == envelope
+    # Verified over the bytes as sent, before parsing: the same JSON re-spaced is refused.
+    respaced = base64.b64encode(orjson.dumps(payload) + b" ").decode()
+    assert open_envelope(public, {**envelope, "payload": respaced}) == "bad_signature"
+    assert open_envelope(public, {**envelope, "id": "other"}) == "id_mismatch"
+    assert open_envelope(public, {k: v for k, v in envelope.items() if k != "signature"}) == (
+        "unsigned"
+    )

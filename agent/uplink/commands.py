@@ -36,13 +36,19 @@ from agent.uplink.link import Link
 from agent.uplink.wire import (
     command_problem,
     load_ed25519_public_key,
+    open_envelope,
     result_document,
-    verify_command,
 )
 
 __all__ = ["CommandService", "CommandVerifier", "Refusal", "load_command_key"]
 
 RESULT_ATTEMPTS: Final = 8
+_OPEN_PROBLEMS: Final = {
+    "unsigned": "the command carries no signature",
+    "bad_signature": "the signature does not verify (tampered?)",
+    "malformed": "the payload is not base64 of a JSON object",
+    "id_mismatch": "the id outside the payload is not the signed one",
+}
 _SEEN_MAX: Final = 4096
 
 
@@ -75,11 +81,15 @@ class CommandVerifier:
         self._now_ms = now_ms
         self._max_lifetime_ms = int(max_lifetime_s * 1000)
 
+    def open(self, envelope: Mapping[str, object]) -> dict[str, object] | Refusal:
+        """The command, once its signature verified over the exact bytes it came as."""
+        opened = open_envelope(self._key, envelope)
+        if isinstance(opened, dict):
+            return opened
+        return Refusal("refused", opened, _OPEN_PROBLEMS[opened])
+
     def check(self, command: Mapping[str, object]) -> Refusal | None:
-        if not command.get("signature"):
-            return Refusal("refused", "unsigned", "the command carries no signature")
-        if not verify_command(self._key, command):
-            return Refusal("refused", "bad_signature", "the signature does not verify (tampered?)")
+        """Whether an opened (verified) command may run."""
         if command.get("gateway") != self._gateway_id:
             return Refusal(
                 "refused", "wrong_gateway", f"the command is for gateway {command.get('gateway')!r}"
@@ -162,9 +172,9 @@ class CommandService:
             self._error = error
         await asyncio.sleep(self._link.delay(self._failures, retry_after_s))
 
-    async def handle(self, command: object) -> None:
-        command_id = command.get("id") if isinstance(command, dict) else None
-        if not isinstance(command, dict) or not isinstance(command_id, str) or not command_id:
+    async def handle(self, envelope: object) -> None:
+        command_id = envelope.get("id") if isinstance(envelope, dict) else None
+        if not isinstance(envelope, dict) or not isinstance(command_id, str) or not command_id:
             self._log.warning("command.malformed", hint="a command without an id is ignored")
             return
         if command_id in self._seen:
@@ -172,12 +182,18 @@ class CommandService:
             # reported, or being reported, already.
             self._log.debug("command.duplicate", command_id=command_id)
             return
+        opened = self._verifier.open(envelope)
+        command: Mapping[str, object] = opened if isinstance(opened, dict) else {}
         audit = {
             "command_id": command_id,
             "device": command.get("device"),
             "action": command.get("action"),
         }
-        refusal = self._verifier.check(command) or await self._claimed(command)
+        refusal = (
+            opened
+            if isinstance(opened, Refusal)
+            else self._verifier.check(command) or await self._claimed(command)
+        )
         if refusal is not None:
             self._log.warning(
                 "command.refused", **audit, status=refusal.status, reason=refusal.reason
@@ -187,13 +203,14 @@ class CommandService:
             )
             return
         self._seen.add(command_id)
+        device, action, args = command["device"], command["action"], command["args"]
+        # Checked by command_problem (wire) before: the shapes the executor takes.
+        assert isinstance(device, str)
+        assert isinstance(action, str)
+        assert isinstance(args, dict)
         try:
             result = await self._executor(
-                command["device"],
-                command["action"],
-                command["args"],
-                source="platform",
-                command_id=command_id,
+                device, action, args, source="platform", command_id=command_id
             )
         except CommandError as exc:
             status = "refused" if exc.reason in REFUSAL_REASONS else "failed"

@@ -1,9 +1,10 @@
 """The wire contract of uplink API v1, shared by the agent and the reference platform.
 
 Both sides import this module so that what ``docs/uplink-api.md`` documents exists exactly once
-in code: the HMAC request signature (``EA1-HMAC-SHA256``), the Ed25519 command signature over
-canonical JSON, and the shapes of a records batch, its acknowledgement, a command and a
-command's result. ``tests/test_wire.py`` pins them with the published test vectors, so a change
+in code: the HMAC request signature (``EA1-HMAC-SHA256``) with its nonce, the command envelope
+(a command's exact signed bytes with a detached Ed25519 signature, verified before it is
+parsed), and the shapes of a records batch, its acknowledgement, a command and a command's
+result. ``tests/test_wire.py`` pins them with the published test vectors, so a change
 here that would break a third-party platform fails a test.
 """
 
@@ -33,10 +34,12 @@ __all__ = [
     "batch_document",
     "canonical_command",
     "canonical_request",
+    "command_envelope",
     "command_problem",
     "load_ed25519_private_key",
     "load_ed25519_public_key",
     "new_nonce",
+    "open_envelope",
     "parse_authorization",
     "parse_http_date_ms",
     "result_document",
@@ -166,11 +169,9 @@ def parse_http_date_ms(value: str | None) -> int | None:
 
 
 def canonical_command(command: Mapping[str, Any]) -> bytes:
-    """Canonical JSON of a command without its ``signature``.
-
-    Keys sorted at every level, no insignificant whitespace, UTF-8 without ``\\u`` escapes of
-    non-ASCII characters. orjson produces exactly this with OPT_SORT_KEYS.
-    """
+    """The bytes the reference platform signs for a command (it without ``signature``): keys
+    sorted at every level, no insignificant whitespace, UTF-8 without ``\\u`` escapes. The
+    gateway never rebuilds them: it verifies the payload as it came (:func:`open_envelope`)."""
     unsigned = {k: v for k, v in command.items() if k != "signature"}
     return orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
 
@@ -181,12 +182,54 @@ def sign_command(key: Ed25519PrivateKey, command: Mapping[str, Any]) -> str:
 
 
 def verify_command(key: Ed25519PublicKey, command: Mapping[str, Any]) -> bool:
+    """The signature of a command held as a dict (the platform's side, and tests)."""
     signature = command.get("signature")
     if not isinstance(signature, str) or not signature:
         return False
+    return _verify(key, canonical_command(command), signature)
+
+
+def command_envelope(command: Mapping[str, Any]) -> dict[str, Any]:
+    """How a command travels in a poll answer: its exact signed bytes (``payload``, base64) and
+    the detached ``signature``. ``id`` is repeated outside, unsigned, only so that a refusal
+    can be reported; the agent checks it against the payload's."""
+    envelope: dict[str, Any] = {
+        "id": command.get("id"),
+        "payload": base64.b64encode(canonical_command(command)).decode("ascii"),
+    }
+    if command.get("signature"):
+        envelope["signature"] = command["signature"]
+    return envelope
+
+
+def open_envelope(key: Ed25519PublicKey, envelope: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The command in ``envelope``, verified first and parsed second; or why it is refused:
+    ``unsigned``, ``bad_signature``, ``malformed`` or ``id_mismatch``."""
+    signature, payload = envelope.get("signature"), envelope.get("payload")
+    if not isinstance(signature, str) or not signature:
+        return "unsigned"
+    if not isinstance(payload, str):
+        return "malformed"
     try:
-        raw = base64.b64decode(signature, validate=True)
-        key.verify(raw, canonical_command(command))
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return "malformed"
+    if not _verify(key, raw, signature):
+        return "bad_signature"
+    try:
+        command = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "malformed"
+    if not isinstance(command, dict):
+        return "malformed"
+    if command.get("id") != envelope.get("id"):
+        return "id_mismatch"
+    return command
+
+
+def _verify(key: Ed25519PublicKey, data: bytes, signature: str) -> bool:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), data)
     except (InvalidSignature, binascii.Error, ValueError, TypeError):
         return False
     return True
