@@ -9,13 +9,18 @@ it. It prints where to look and stops cleanly on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import errno
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+
+EX_UNAVAILABLE = 69
+"""sysexits: a port the demo needs is taken."""
 
 __all__ = ["run_demo", "write_demo_config"]
 
@@ -84,7 +89,17 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
         admin_token=admin_token,
         durability="normal",
     )
-    runner, port = await start_site(app, "127.0.0.1", platform_port)
+    try:
+        runner, port = await start_site(app, "127.0.0.1", platform_port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"edge-agent demo: port {platform_port} is in use (another demo, or a platform?): "
+            "stop it, or pick a free port with --platform-port 0",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
     try:
         # A one-time password: printed once, never stored in clear, gone with the demo.
         password = secrets.token_urlsafe(9)
@@ -96,7 +111,12 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
         base = f"http://127.0.0.1:{port}"
         auth = f'-H "Authorization: Bearer {admin_token}"'
         door_command = "door-b3-unit1 output.set on=true"
-        page = agent_app.web.urls[0] if agent_app.web is not None else "(off: see the log)"
+        exe = _edge_agent()
+        page = (
+            agent_app.web.urls[0]
+            if agent_app.web is not None
+            else "(not served: is the port taken? --web-listen 127.0.0.1:0 picks a free one)"
+        )
         print(
             f"""
 edge-agent demo: simulated devices -> durable buffer -> reference platform
@@ -105,13 +125,14 @@ edge-agent demo: simulated devices -> durable buffer -> reference platform
   agent config        {config_path}
   reference platform  {base}   (admin token {admin_token})
 
-  what arrived    curl -s {auth} '{base}/v1/gateways/{gateway_id}/records?limit=5'
+  what arrived    curl -s {auth} '{base}/v1/gateways/{gateway_id}/records?limit=5&order=newest'
   gateways        curl -s {auth} {base}/v1/gateways
   inventory       curl -s {auth} {base}/v1/gateways/{gateway_id}/inventory
   a command       curl -s {auth} -X POST {base}/v1/gateways/{gateway_id}/commands \\
                     -d '{{"device":"door-b3-unit1","action":"output.set","args":{{"on":true}}}}'
-  on site         edge-agent command --socket {state / "control.sock"} {door_command}
-  the buffer      edge-agent buffer stats --path {state / "buffer.db"}
+  its result      curl -s {auth} {base}/v1/gateways/{gateway_id}/commands/<"id" from the answer>
+  on site         {exe} command --socket {state / "control.sock"} {door_command}
+  the buffer      {exe} buffer stats --path {state / "buffer.db"}
 
 Ctrl-C stops the demo cleanly.
 """,
@@ -121,6 +142,16 @@ Ctrl-C stops the demo cleanly.
         return await agent_app.run(started=True)
     finally:
         await runner.cleanup()
+
+
+def _edge_agent() -> str:
+    """How to call ``edge-agent`` from the user's shell: its full path when it is not on PATH
+    (a venv that was not activated)."""
+    here = Path(sys.executable).with_name("edge-agent")
+    found = shutil.which("edge-agent")
+    if found is not None and Path(found).resolve() == here.resolve():
+        return "edge-agent"
+    return str(here) if here.exists() else "edge-agent"
 
 
 def run_demo(*, state: Path | None, platform_port: int, web_listen: str, out: TextIO) -> int:

@@ -617,6 +617,9 @@ class ReferencePlatform:
         after_id = _int_param(request, "after_id", 0)
         limit = _int_param(request, "limit", 1000) or 1000
         limit = min(max(limit, 1), 10_000)
+        newest = request.query.get("order", "oldest") == "newest"
+        if request.query.get("order", "oldest") not in ("oldest", "newest"):
+            raise ApiError(400, "bad_parameter", "order must be oldest or newest")
         sql = ["SELECT rowid, epoch, seq, received_ms, body FROM records WHERE gateway = ?"]
         params: list[Any] = [gateway]
         for column, value in (("device", device), ("kind", kind), ("epoch", epoch)):
@@ -626,9 +629,12 @@ class ReferencePlatform:
         if after_seq is not None:
             sql.append("AND seq > ?")
             params.append(after_seq)
-        sql.append("AND rowid > ? ORDER BY rowid LIMIT ?")
+        # The newest: the last ``limit`` of them, still listed in arrival order.
+        sql.append(f"AND rowid > ? ORDER BY rowid {'DESC' if newest else ''} LIMIT ?")
         params += [after_id, limit]
         rows = await self.store.run(self.store.query, " ".join(sql), params)
+        if newest:
+            rows.reverse()
         out = [
             {
                 "id": r[0],

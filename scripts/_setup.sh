@@ -31,6 +31,15 @@ venv_install() {
   # Debian splits ensurepip out of python3: without python3-venv, venv creation fails.
   python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_install python3-venv
   [ -x .venv/bin/python ] || python3 -m venv .venv
+  # Skip the install when nothing it depends on changed since the last one (the install is
+  # editable: code changes need none).
+  local stamp=".venv/.installed-${extras//,/-}"
+  local want
+  want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import agent' 2>/dev/null; then
+    return 0
+  fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+  echo "$want" > "$stamp"
 }

@@ -88,3 +88,81 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
         proc.stdout.close()
     assert code == 0, "".join(lines[-20:])
     assert any('"agent.stopped"' in line for line in lines)
+
+
+def test_a_busy_platform_port_says_which_flag_picks_another(tmp_path: Path) -> None:
+    """It was a 33-line traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "demo",
+                "--platform-port",
+                str(port),
+                "--web-listen",
+                "127.0.0.1:0",
+                "--state",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 69, run.stderr
+    assert f"port {port} is in use" in run.stderr
+    assert "--platform-port 0" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_the_banner_shows_how_to_see_a_command_s_result_and_the_newest_records(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "demo",
+            "--platform-port",
+            "0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--state",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        banner = wait_for(
+            lambda: "Ctrl-C stops the demo" in "".join(lines) and "".join(lines),
+            timeout_s=60,
+            what="the demo's banner",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+        reader.join(10)
+        proc.stdout.close()
+    assert code == 0
+    assert "order=newest" in banner
+    assert re.search(r"its result\s+curl .*/commands/", banner)
+    # edge-agent is called so that it works from the user's shell (this venv is not active).
+    exe = re.search(r"on site\s+(\S+) command", banner)
+    assert exe is not None
+    assert exe.group(1) == "edge-agent" or Path(exe.group(1)).is_file()

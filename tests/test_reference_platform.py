@@ -610,3 +610,22 @@ async def test_a_command_counts_as_delivered_only_once_its_result_arrives(
         assert status == 200
         await asyncio.sleep(0.6)
         assert await poll() == []
+
+
+async def test_records_newest_first_page(tmp_path: Path) -> None:
+    async with running_platform(tmp_path) as p:
+        status, _, _ = await signed(
+            p.session,
+            p.url,
+            "POST",
+            f"/v1/gateways/{GW}/records",
+            batch_body("ep1", [reading(i) for i in range(1, 11)]),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert status == 200
+        _, doc = await p.admin("GET", f"/v1/gateways/{GW}/records?limit=3&order=newest")
+        assert [r["seq"] for r in doc["records"]] == [8, 9, 10]
+        _, doc = await p.admin("GET", f"/v1/gateways/{GW}/records?limit=3")
+        assert [r["seq"] for r in doc["records"]] == [1, 2, 3]
+        status, doc = await p.admin("GET", f"/v1/gateways/{GW}/records?order=sideways")
+        assert (status, doc["error"]) == (400, "bad_parameter")

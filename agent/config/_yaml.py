@@ -52,6 +52,15 @@ class _TooLargeError(Exception):
 
 
 _SYNTAX_HINTS = {
+    "expected <block end>, but found '<block mapping start>'": (
+        "a line is indented more than the one before it: line up keys of the same level"
+    ),
+    "expected <block end>, but found '<block sequence start>'": (
+        "a list item ('- ') is indented differently from the others: line them up"
+    ),
+    "expected <block end>, but found '-'": (
+        "a list item ('- ') is indented differently from the others: line them up"
+    ),
     "mapping values are not allowed here": (
         "a ':' where none was expected: check the indentation, or quote a value that contains ': '"
     ),

@@ -12,7 +12,7 @@ import enum
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -78,6 +78,32 @@ class Community(StrictModel):
         return value
 
 
+_CHINESE_CITIES: Final = frozenset(
+    {
+        "beijing",
+        "peking",
+        "chongqing",
+        "guangzhou",
+        "shenzhen",
+        "chengdu",
+        "wuhan",
+        "nanjing",
+        "hangzhou",
+        "xian",
+        "tianjin",
+        "fuzhou",
+        "xiamen",
+        "shenyang",
+        "harbin",
+        "china",
+        "prc",
+        "beijing time",
+        "cst",
+    }
+)
+"""Names installers try for China's one time zone, which the IANA database calls Shanghai."""
+
+
 class Gateway(StrictModel):
     id: Ident
     name: str | None = None
@@ -92,7 +118,15 @@ class Gateway(StrictModel):
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            close = difflib.get_close_matches(value, zoneinfo.available_timezones(), n=1)
+            # China has one time zone, named after Shanghai: "Asia/Beijing" would otherwise
+            # suggest Asia/Brunei, the closest spelling.
+            city = value.rsplit("/", 1)[-1].lower().replace("_", " ")
+            china = city in _CHINESE_CITIES
+            close = (
+                ["Asia/Shanghai"]
+                if china
+                else difflib.get_close_matches(value, zoneinfo.available_timezones(), n=1)
+            )
             hint = f"did you mean {close[0]!r}?" if close else "an IANA name such as Asia/Shanghai"
             raise ValueError(f"unknown timezone {value!r} ({hint})") from None
         return value
