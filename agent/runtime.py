@@ -435,7 +435,9 @@ class Runtime:
             if self._watchdog_s:
                 # Pinged from this event loop: a stuck loop stops the pings and systemd restarts
                 # the agent. Only after READY: a slow start is TimeoutStartSec's business.
-                watchdog = watchdog_loop(self._notifier, self._watchdog_s)
+                buffer = self.buffer
+                assert buffer is not None
+                watchdog = watchdog_loop(self._notifier, self._watchdog_s, buffer.ping)
                 self.supervisor.spawn("systemd-watchdog", watchdog)
         try:
             await self._stop.wait()

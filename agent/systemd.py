@@ -38,7 +38,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -177,13 +177,25 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     return usec / 2 / 1_000_000
 
 
-async def watchdog_loop(notifier: Notifier, interval: float) -> None:
+async def watchdog_loop(
+    notifier: Notifier,
+    interval: float,
+    alive: Callable[[], Awaitable[object]] | None = None,
+) -> None:
     """Ping the watchdog now and then every ``interval`` seconds, until cancelled.
 
-    Runs on the event loop on purpose: while the loop is blocked no ping goes out.
+    Runs on the event loop on purpose: while the loop is blocked no ping goes out. With
+    ``alive`` (a round trip to the buffer's thread), a ping goes out only once it answered
+    within the interval: a write hung on a failing SD card gets the agent restarted, instead of
+    an event loop that pings while nothing is stored.
     """
     if not interval > 0:
         raise ValueError(f"watchdog interval must be positive, got {interval!r}")
     while True:
+        if alive is not None:
+            try:
+                await asyncio.wait_for(alive(), interval)
+            except TimeoutError:
+                continue  # no ping: systemd restarts an agent whose buffer does not answer
         notifier.watchdog()
         await asyncio.sleep(interval)

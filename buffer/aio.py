@@ -212,6 +212,10 @@ class AsyncBuffer:
     async def claim_command(self, command_id: str, expires_ms: int) -> bool:
         return await self._call(self._buffer.claim_command, command_id, expires_ms)
 
+    async def ping(self) -> None:
+        """A round trip through the buffer's thread (after whatever it is writing)."""
+        await self._call(lambda: None)
+
     async def stats(self) -> BufferStats:
         return await self._call(self._buffer.stats)
 

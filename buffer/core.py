@@ -217,8 +217,13 @@ class Buffer(Eviction):
         wal = path.with_name(path.name + "-wal")
         error: str | None = None
         conn: sqlite3.Connection | None = None
+        reserve = path.with_name(path.name + "-reserve")
         if not path.exists() and wal.exists():
             error = "a WAL file without its database"
+        elif path.exists() and path.stat().st_size == 0 and reserve.exists():
+            # The reserve says a buffer lived here: an empty file is one that lost its
+            # contents (a crash while the card truncated it), not a new one.
+            error = "the file is empty (0 bytes) where a buffer was"
         elif path.exists():
             try:
                 conn = open_checked(path, mode)

@@ -587,6 +587,25 @@ def test_a_wal_without_its_database_is_moved_aside(path: Path) -> None:
         assert_recovered(b, path, b.recovered_from, "WAL file without its database")
 
 
+def test_an_empty_file_where_a_buffer_was_is_reported_not_silently_replaced(path: Path) -> None:
+    with Buffer.open(path) as b:
+        b.append([reading(1)])
+        old_epoch = b.epoch
+    for extra in ("-wal", "-shm"):
+        path.with_name(path.name + extra).unlink(missing_ok=True)
+    path.write_bytes(b"")  # what a crash while the card truncated it leaves
+    with Buffer.open(path) as b:
+        (moved,) = corrupt_copies(path)
+        assert moved.stat().st_size == 0
+        assert b.epoch != old_epoch
+        assert_recovered(b, path, moved, "empty (0 bytes) where a buffer was")
+    # A new, empty file (no buffer ever lived here) is still just initialised.
+    fresh = path.with_name("fresh.db")
+    fresh.touch()
+    with Buffer.open(fresh) as b:
+        assert b.recovered_from is None
+
+
 # --------------------------------------------------------------------------- CLI
 
 

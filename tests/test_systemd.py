@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -534,3 +535,37 @@ def test_the_agent_imports_without_writable_executable_memory() -> None:
     if proc.returncode == 3:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert proc.returncode == 0, out
+
+
+async def test_a_hung_buffer_write_stops_the_pings(receiver: Receiver, tmp_path: Path) -> None:
+    """The loop keeps turning while an SD card write hangs in the buffer's thread: the pings
+    wait for a round trip through that thread, so systemd restarts the agent."""
+    import threading
+
+    from buffer import AsyncBuffer
+
+    buffer = await AsyncBuffer.open(tmp_path / "b.db", durability="normal")
+    release = threading.Event()
+    notifier = Notifier({"NOTIFY_SOCKET": receiver.notify_socket})
+    task = asyncio.create_task(watchdog_loop(notifier, 0.05, buffer.ping))
+    try:
+        async with asyncio.timeout(30):
+            assert await receiver.next() == "WATCHDOG=1"
+        # A write that hangs (the card stopped answering), on the buffer's own thread.
+        hung = asyncio.ensure_future(buffer._call(release.wait, 30))
+        await asyncio.sleep(0.05)
+        receiver.drain()
+        await asyncio.sleep(0.6)  # the event loop is free all along
+        during = receiver.drain()
+        release.set()
+        await hung
+        async with asyncio.timeout(30):
+            after = await receiver.next()
+    finally:
+        release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await buffer.close()
+    assert during == []
+    assert after == "WATCHDOG=1"
