@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,16 @@ from test_web_support import WebClient
 pytestmark = pytest.mark.slow
 
 
-async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class Demo:
+    banner: str
+    lines: list[str]
+    code: int | None = None
+
+
+@contextlib.contextmanager
+def running_demo(tmp_path: Path) -> Iterator[Demo]:
+    """``edge-agent demo`` on free ports until its banner is out; stopped with Ctrl-C."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -43,12 +55,24 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
     reader.start()
+    demo = Demo("", lines)
     try:
-        banner = wait_for(
+        demo.banner = wait_for(
             lambda: "Ctrl-C stops the demo" in "".join(lines) and "".join(lines),
             timeout_s=60,
             what="the demo's banner",
         )
+        yield demo
+    finally:
+        proc.send_signal(signal.SIGINT)
+        demo.code = proc.wait(60)
+        reader.join(10)
+        proc.stdout.close()
+
+
+async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path: Path) -> None:
+    with running_demo(tmp_path) as demo:
+        banner, lines = demo.banner, demo.lines
         page, password = re.search(
             r"diagnostic page\s+(\S+)\s+\(user demo, one-time password (\S+)\)", banner
         ).groups()  # type: ignore[union-attr]
@@ -81,12 +105,7 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
             await client.login("demo", password)
             status = await client.api("/api/status")
             assert status["gateway"]["id"] == "gw-demo"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-        reader.join(10)
-        proc.stdout.close()
-    assert code == 0, "".join(lines[-20:])
+    assert demo.code == 0, "".join(lines[-20:])
     assert any('"agent.stopped"' in line for line in lines)
 
 
@@ -126,40 +145,9 @@ def test_a_busy_platform_port_says_which_flag_picks_another(tmp_path: Path) -> N
 def test_the_banner_shows_how_to_see_a_command_s_result_and_the_newest_records(
     tmp_path: Path,
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "demo",
-            "--platform-port",
-            "0",
-            "--web-listen",
-            "127.0.0.1:0",
-            "--state",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    reader.start()
-    try:
-        banner = wait_for(
-            lambda: "Ctrl-C stops the demo" in "".join(lines) and "".join(lines),
-            timeout_s=60,
-            what="the demo's banner",
-        )
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-        reader.join(10)
-        proc.stdout.close()
-    assert code == 0
+    with running_demo(tmp_path) as demo:
+        banner = demo.banner
+    assert demo.code == 0
     assert "order=newest" in banner
     assert re.search(r"its result\s+curl .*/commands/", banner)
     # edge-agent is called so that it works from the user's shell (this venv is not active).
