@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import secrets
 import shutil
 import sys
@@ -28,7 +29,10 @@ DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
+    """Created 0600 from the start: never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     path.chmod(0o600)
 
 
@@ -65,7 +69,8 @@ def write_demo_config(
         "users": [{"name": "demo", "role": "technician", "password_hash": password_hash}],
     }
     path = state / "agent.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    # It holds the login's password hash: readable by its owner only.
+    _write_private(path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     return path, config
 
 

@@ -154,3 +154,12 @@ def test_the_banner_shows_how_to_see_a_command_s_result_and_the_newest_records(
     exe = re.search(r"on site\s+(\S+) command", banner)
     assert exe is not None
     assert exe.group(1) == "edge-agent" or Path(exe.group(1)).is_file()
+
+
+def test_the_demo_s_files_with_secrets_or_hashes_are_private(tmp_path: Path) -> None:
+    from agent.demo import _write_keys, write_demo_config
+
+    _write_keys(tmp_path, "gw-demo")
+    config, _ = write_demo_config(tmp_path, 8700, web_listen="127.0.0.1:0", password_hash="x")
+    for path in (config, tmp_path / "uplink.key", tmp_path / "platform-keys.yaml"):
+        assert path.stat().st_mode & 0o777 == 0o600, path

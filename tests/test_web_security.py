@@ -409,3 +409,35 @@ async def test_names_from_the_config_are_never_markup(tmp_path: Path) -> None:
             assert page.count("</script>") == page.count("<script"), path
         detail = await client.api("/api/devices/meter-1")
         assert detail["device"]["name"] == evil
+
+
+async def test_no_version_in_server_and_hsts_under_tls(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
+        page = await client.get("/login")
+        assert page.headers["Server"] == "edge-agent"
+        assert "Strict-Transport-Security" not in page.headers  # plain HTTP: it would lie
+        missing = await client.get("/no/such/page")
+        assert missing.headers["Server"] == "edge-agent"
+    cert_file, key_file = _self_signed(tmp_path)
+    tls = {"cert_file": str(cert_file), "key_file": str(key_file)}
+    async with running_agent(tmp_path / "tls", web=web_section(tls=tls)) as runtime:
+        trust = ssl.create_default_context(cafile=str(cert_file))
+        url = f"https://127.0.0.1:{web_of(runtime).port}"  # type: ignore[union-attr]
+        async with WebClient(url, ssl_context=trust) as client:
+            page = await client.get("/login")
+            assert page.headers["Strict-Transport-Security"].startswith("max-age=")
+            assert page.headers["Server"] == "edge-agent"
+
+
+async def test_listening_beyond_localhost_without_tls_is_warned_about(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with running_agent(tmp_path, web=web_section(listen="0.0.0.0:0")):
+            pass
+        async with running_agent(tmp_path / "local", web=web_section()):
+            pass
+    warned = [e for e in logs if e["event"] == "web.plaintext"]
+    assert len(warned) == 1
+    assert warned[0]["listen"] == "0.0.0.0:0"
+    assert "web.tls" in warned[0]["hint"]

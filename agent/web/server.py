@@ -259,6 +259,10 @@ class WebServer:
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
+        # No versions for a scanner on the LAN to match against advisories.
+        headers["Server"] = "edge-agent"
+        if self.config.tls is not None:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if not request.path.startswith("/static/"):
             # Figures and pages are live and may be private: never from a cache.
             headers.setdefault("Cache-Control", "no-store")
@@ -797,5 +801,13 @@ async def start_web(runtime: AgentView) -> WebServer | None:
         log.warning(
             "web.no_users",
             hint="only /metrics is served; add users with 'edge-agent hash-password'",
+        )
+    host = config.listen.rpartition(":")[0].strip("[]")
+    if config.tls is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "web.plaintext",
+            listen=config.listen,
+            hint="passwords and session cookies cross the LAN in clear: set web.tls "
+            "(cert_file, key_file), or listen on 127.0.0.1",
         )
     return server
