@@ -4,6 +4,7 @@ secret in any answer; no page at all without a configured user."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import ipaddress
@@ -441,3 +442,54 @@ async def test_listening_beyond_localhost_without_tls_is_warned_about(tmp_path: 
     assert len(warned) == 1
     assert warned[0]["listen"] == "0.0.0.0:0"
     assert "web.tls" in warned[0]["hint"]
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 30)
+    finally:
+        writer.close()
+
+
+def _post(path: str, headers: dict[bytes, bytes], body: bytes) -> bytes:
+    head = b"".join(k + b": " + v + b"\r\n" for k, v in headers.items())
+    return (
+        b"POST "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + head
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # A non-ASCII X-CSRF-Token on an action.
+        _post("/api/devices/meter-1/read", {b"X-CSRF-Token": b"\xe4\xb8\xad\xff"}, b""),
+        # A login form that is not UTF-8.
+        _post(
+            "/login",
+            {b"Content-Type": b"application/x-www-form-urlencoded"},
+            b"username=\xff\xfe\xfd",
+        ),
+        # A broken multipart body.
+        _post(
+            "/login",
+            {b"Content-Type": b"multipart/form-data; boundary=zz"},
+            b"--zz\r\ngarbage\r\n--",
+        ),
+    ],
+    ids=["non-ascii-csrf", "non-utf8-form", "broken-multipart"],
+)
+async def test_malformed_requests_are_4xx_not_500(tmp_path: Path, request_bytes: bytes) -> None:
+    async with running_agent(tmp_path) as runtime:
+        answer = await _raw(web_of(runtime).port, request_bytes)  # type: ignore[union-attr]
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]

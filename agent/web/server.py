@@ -23,7 +23,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from multidict import MultiDictProxy
 
 from agent.driver import CommandError, DeviceError
 from agent.records import Event, Reading, Record, Status
@@ -314,13 +315,9 @@ class WebServer:
             "application/x-www-form-urlencoded",
             "multipart/form-data",
         ):
-            field = (await request.post()).get("csrf")
+            field = (await _form(request)).get("csrf")
             token = field if isinstance(field, str) else None
-        if (
-            not self._same_origin(request)
-            or not token
-            or not hmac.compare_digest(token.encode(), expected.encode())
-        ):
+        if not self._same_origin(request) or not token or not _same_secret(token, expected):
             self.log.warning("web.csrf_refused", path=request.path, remote=request.remote)
             raise web.HTTPForbidden(
                 text=_dumps({"error": "csrf", "message": "missing or wrong CSRF token"}),
@@ -507,11 +504,11 @@ class WebServer:
             and bool(cookie)
             and isinstance(field, str)
             and bool(field)
-            and hmac.compare_digest(field.encode(), str(cookie).encode())
+            and _same_secret(field, str(cookie))
         )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await _form(request)
         cat = self._catalog(request)
         # A failed attempt shows the form again, still leading where the user was going.
         again = functools.partial(self._login_response, request, next_=form.get("next", "/"))
@@ -559,7 +556,7 @@ class WebServer:
         raise response
 
     async def set_language(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await _form(request)
         session = self._session_of(request)
         if session is not None:
             await self._check_csrf(request, session.csrf)
@@ -764,6 +761,30 @@ class _ThrottledError(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"retry after {retry_after:.0f} s")
         self.retry_after = retry_after
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a token a client sent; anything but ASCII is simply wrong
+    (a non-ASCII ``X-CSRF-Token`` was a 500)."""
+    if not given.isascii():
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def _form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The request's form; a form that cannot be read (not UTF-8, broken multipart) is a 400."""
+    try:
+        return await request.post()
+    except (
+        UnicodeDecodeError,
+        ValueError,
+        AssertionError,
+        http_exceptions.HttpProcessingError,
+    ) as exc:
+        raise web.HTTPBadRequest(
+            text=_dumps({"error": "bad_request", "message": f"unreadable form: {exc}"[:200]}),
+            content_type="application/json",
+        ) from None
 
 
 async def start_web(runtime: AgentView) -> WebServer | None:
