@@ -284,7 +284,7 @@ class Runtime:
 
         try:
             new = await asyncio.to_thread(self._loader, self.config_path)
-        except (ConfigError, Exception) as exc:
+        except Exception as exc:
             problems = (
                 [str(i) for i in exc.issues]
                 if isinstance(exc, ConfigError)

@@ -127,28 +127,25 @@ class Eviction:
             self._report_drop(c, dropped, "size")
 
     def _drop_oldest_poison(self, c: Counters, dropped: Dropped, need: int) -> None:
+        """Drop the oldest set-aside records until ``need`` bytes are free."""
         if need <= 0:
             return
-        row = self._conn.execute(
-            f"SELECT seq FROM (SELECT seq, sum(length(body) + {ROW_OVERHEAD}) "  # noqa: S608
-            "OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total FROM poison) "
-            "WHERE total >= ? LIMIT 1",
-            (need,),
-        ).fetchone()
-        cut = row[0] if row is not None else MAX_SEQ
-        count, nbytes = self._conn.execute(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM poison WHERE seq <= ?", (cut,)
-        ).fetchone()
-        if count:
-            self._conn.execute("DELETE FROM poison WHERE seq <= ?", (cut,))
-            freed = int(nbytes) + ROW_OVERHEAD * int(count)
-            c.bytes -= freed
-            dropped.poison += int(count)
-            dropped.bytes += freed
+        count, nbytes, _oldest, _newest = self._cut_oldest("poison", 0, need)
+        c.bytes -= nbytes
+        dropped.poison += count
+        dropped.bytes += nbytes
 
     def _drop_oldest(self, c: Counters, dropped: Dropped, prio: int, after: int, need: int) -> None:
         """Drop the oldest records of ``prio`` after seq ``after`` until ``need`` bytes are free."""
-        table = TABLE[prio]
+        count, nbytes, oldest, newest = self._cut_oldest(TABLE[prio], after, need)
+        if not count:
+            return
+        self._forget(c, prio, count, nbytes)
+        dropped.add(prio, count, nbytes, oldest, newest)
+
+    def _cut_oldest(self, table: str, after: int, need: int) -> tuple[int, int, Any, Any]:
+        """Delete the oldest rows of ``table`` after seq ``after`` until ``need`` bytes (with
+        ``ROW_OVERHEAD``) are free; (rows, bytes, oldest ts, newest ts) of what went."""
         # Running total in seq order; SQLite streams the window, so this stops at the cut.
         row = self._conn.execute(
             f"SELECT seq FROM (SELECT seq, sum(length(body) + {ROW_OVERHEAD}) "  # noqa: S608
@@ -162,12 +159,9 @@ class Eviction:
             f"FROM {table} WHERE seq > ? AND seq <= ?",
             (after, cut),
         ).fetchone()
-        if not count:
-            return
-        self._conn.execute(f"DELETE FROM {table} WHERE seq > ? AND seq <= ?", (after, cut))  # noqa: S608
-        nbytes += ROW_OVERHEAD * count
-        self._forget(c, prio, count, nbytes)
-        dropped.add(prio, count, nbytes, oldest, newest)
+        if count:
+            self._conn.execute(f"DELETE FROM {table} WHERE seq > ? AND seq <= ?", (after, cut))  # noqa: S608
+        return int(count), int(nbytes) + ROW_OVERHEAD * int(count), oldest, newest
 
     def _maybe_enforce_age(self, c: Counters) -> None:
         if self.max_age_s is None:

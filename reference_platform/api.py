@@ -617,9 +617,10 @@ class ReferencePlatform:
         after_id = _int_param(request, "after_id", 0)
         limit = _int_param(request, "limit", 1000) or 1000
         limit = min(max(limit, 1), 10_000)
-        newest = request.query.get("order", "oldest") == "newest"
-        if request.query.get("order", "oldest") not in ("oldest", "newest"):
+        order = request.query.get("order", "oldest")
+        if order not in ("oldest", "newest"):
             raise ApiError(400, "bad_parameter", "order must be oldest or newest")
+        newest = order == "newest"
         sql = ["SELECT rowid, epoch, seq, received_ms, body FROM records WHERE gateway = ?"]
         params: list[Any] = [gateway]
         for column, value in (("device", device), ("kind", kind), ("epoch", epoch)):

@@ -108,7 +108,8 @@ class _BuiltConfig(AgentConfig):
 
 
 def _restore(models: tuple[type[DeviceConfig], ...], state: dict[Any, Any]) -> AgentConfig:
-    config = _agent_model(models).__new__(_agent_model(models))
+    cls = _agent_model(models)
+    config = cls.__new__(cls)
     config.__setstate__(state)
     return config
 
