@@ -21,14 +21,23 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import structlog
-from test_uplink_support import GW, KEY_ID, SECRET, Platform, running_platform, wait_for
+from test_uplink_support import (
+    GW,
+    KEY_ID,
+    SECRET,
+    Platform,
+    redeliver,
+    running_platform,
+    signed_command,
+    wait_for,
+    wait_for_result,
+)
 
 from agent.config.models import Community, Gateway, HttpUplink, SecretRef
 from agent.driver import CommandError
@@ -36,7 +45,6 @@ from agent.records import Event, Reading, Record, Severity
 from agent.state import UplinkState
 from agent.uplink.client import UplinkClient
 from agent.uplink.http import HttpUplinkClient
-from agent.uplink.wire import sign_command
 from buffer import AsyncBuffer, Batch
 from reference_platform import public_pem
 
@@ -285,17 +293,6 @@ async def test_5xx_and_timeouts_are_retried(
 # --------------------------------------------------------------------------- commands
 
 
-async def result_of(p: Platform, command_id: str) -> dict[str, Any]:
-    async def done() -> bool:
-        _, doc = await p.admin("GET", f"/v1/gateways/{GW}/commands/{command_id}")
-        return doc.get("result_ms") is not None
-
-    await wait_for(done)
-    _, doc = await p.admin("GET", f"/v1/gateways/{GW}/commands/{command_id}")
-    assert isinstance(doc, dict)
-    return doc
-
-
 async def test_commands_are_verified_and_run_once(tmp_path: Path, make_rig: RigFactory) -> None:
     async with make_rig(tmp_path) as rig, running(rig):
         p = rig.platform
@@ -303,28 +300,18 @@ async def test_commands_are_verified_and_run_once(tmp_path: Path, make_rig: RigF
             "POST", f"/v1/gateways/{GW}/commands", {"device": "door-1", "action": "open"}
         )
         ok = doc["command"]["id"]
-        assert (await result_of(p, ok))["status"] == "ok"
+        assert (await wait_for_result(p, ok))["status"] == "ok"
 
-        now = int(time.time() * 1000)
-        signed = {
-            "id": "c-tampered",
-            "gateway": GW,
-            "device": "door-1",
-            "action": "open",
-            "args": {},
-            "issued_ms": now,
-            "expires_ms": now + 60_000,
-        }
-        signed["signature"] = sign_command(p.platform.command_key, signed)
+        signed = signed_command(p, "c-tampered")
         tampered = {**signed, "action": "unlock_all"}
         await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": tampered})
-        result = await result_of(p, "c-tampered")
+        result = await wait_for_result(p, "c-tampered")
         assert (result["status"], result["reason"]) == ("refused", "bad_signature")
 
         _, doc = await p.admin(
             "POST", f"/v1/gateways/{GW}/commands", {"device": "door-1", "action": "explode"}
         )
-        refused = await result_of(p, doc["command"]["id"])
+        refused = await wait_for_result(p, doc["command"]["id"])
         assert (refused["status"], refused["reason"]) == ("refused", "not_allowed")
 
         # Delivered again (a lost poll answer, a failover): it does not run a second time.
@@ -339,21 +326,9 @@ async def test_commands_are_verified_and_run_once(tmp_path: Path, make_rig: RigF
         _, doc = await p.admin(
             "POST", f"/v1/gateways/{GW}/commands", {"device": "door-1", "action": "close"}
         )
-        await result_of(p, doc["command"]["id"])
+        await wait_for_result(p, doc["command"]["id"])
         assert [c for c in rig.executor.calls if c[2] == ok] == [("door-1", "open", ok)]
         assert all(c[2] != "c-tampered" for c in rig.executor.calls)
-
-
-async def redeliver(p: Platform, command_id: str) -> None:
-    """Queue a command that was delivered and answered again, as a platform may."""
-    await p.platform.store.run(
-        p.platform.store.execute,
-        "UPDATE commands SET status = 'queued', result_ms = NULL WHERE id = ?",
-        (command_id,),
-    )
-    waiter = p.platform._command_waiters.pop(GW, None)
-    if waiter is not None:
-        waiter.set()
 
 
 async def test_a_platform_refusing_everything_does_not_turn_the_backlog_into_poison(

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -23,8 +22,12 @@ from test_uplink_support import (
     KEY_ID,
     SECRET,
     Platform,
+    command_status,
+    redeliver,
     running_platform,
+    signed_command,
     wait_for,
+    wait_for_result,
 )
 
 from agent.config.models import Community, Gateway, HttpUplink, SecretRef
@@ -515,20 +518,6 @@ def command_key_file(p: Platform, tmp_path: Path) -> Path:
     return path
 
 
-async def command_status(p: Platform, command_id: str) -> dict[str, Any]:
-    _, doc = await p.admin("GET", f"/v1/gateways/{GW}/commands/{command_id}")
-    assert isinstance(doc, dict)
-    return doc
-
-
-async def wait_for_result(p: Platform, command_id: str) -> dict[str, Any]:
-    async def done() -> bool:
-        return (await command_status(p, command_id))["result_ms"] is not None
-
-    await wait_for(done)
-    return await command_status(p, command_id)
-
-
 async def test_command_is_executed_and_its_result_stored(tmp_path: Path) -> None:
     executor = FakeExecutor()
     async with running_platform(tmp_path) as p:
@@ -609,38 +598,17 @@ async def test_unsigned_tampered_expired_and_foreign_commands_are_refused(
             assert executor.calls == []
 
 
-def raw_command(p: Platform, command_id: str, **fields: Any) -> dict[str, Any]:
-    now = int(time.time() * 1000)
-    cmd: dict[str, Any] = {
-        "id": command_id,
-        "gateway": GW,
-        "device": "door-1",
-        "action": "open",
-        "args": {},
-        "issued_ms": now,
-        "expires_ms": now + 60_000,
-        **fields,
-    }
-    cmd["signature"] = sign_command(p.platform.command_key, cmd)
-    return cmd
-
-
 async def test_a_forged_command_does_not_use_up_the_id_of_a_real_one(tmp_path: Path) -> None:
     executor = FakeExecutor()
     async with running_platform(tmp_path) as p:
         key = command_key_file(p, tmp_path)
         async with running_agent(p, tmp_path, executor=executor, command_key_file=key):
-            real = raw_command(p, "c-real")
+            real = signed_command(p, "c-real")
             forged = {**real, "id": "c-real", "signature": real["signature"][::-1]}
             # The forgery arrives first (a replayed or injected poll answer).
             await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": forged})
             assert (await wait_for_result(p, "c-real"))["reason"] == "bad_signature"
-            await p.platform.store.run(
-                p.platform.store.execute,
-                "UPDATE commands SET body = ?, status = 'queued', result_ms = NULL WHERE id = ?",
-                (orjson.dumps(real), "c-real"),
-            )
-            p.platform._command_waiters.pop(GW, asyncio.Event()).set()
+            await redeliver(p, "c-real", body=real)
 
             async def ran() -> bool:
                 return any(c[4] == "c-real" for c in executor.calls)
@@ -657,7 +625,7 @@ async def test_a_command_valid_for_too_long_is_refused(tmp_path: Path) -> None:
             p, tmp_path, executor=executor, command_key_file=key, command_max_lifetime_s=120
         ):
             now = int(time.time() * 1000)
-            cmd = raw_command(p, "c-long", issued_ms=now, expires_ms=now + 3_600_000)
+            cmd = signed_command(p, "c-long", issued_ms=now, expires_ms=now + 3_600_000)
             await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": cmd})
             result = await wait_for_result(p, "c-long")
             assert (result["status"], result["reason"]) == ("refused", "lifetime_too_long")
@@ -677,7 +645,7 @@ async def test_expiry_is_judged_by_the_synchronised_local_clock(tmp_path: Path) 
         ) as agent:
             await wait_for(lambda: _skew_seen(agent))
             now = int(time.time() * 1000)
-            cmd = raw_command(p, "c-old", issued_ms=now - 120_000, expires_ms=now - 60_000)
+            cmd = signed_command(p, "c-old", issued_ms=now - 120_000, expires_ms=now - 60_000)
             await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": cmd})
             result = await wait_for_result(p, "c-old")
             assert result["status"] == "expired"
@@ -693,26 +661,11 @@ async def test_a_redelivered_command_runs_once(tmp_path: Path) -> None:
     async with running_platform(tmp_path) as p:
         key = command_key_file(p, tmp_path)
         async with running_agent(p, tmp_path, executor=executor, command_key_file=key):
-            now = int(time.time() * 1000)
-            cmd = {
-                "id": "c-twice",
-                "gateway": GW,
-                "device": "door-1",
-                "action": "open",
-                "args": {},
-                "issued_ms": now,
-                "expires_ms": now + 60_000,
-            }
-            cmd["signature"] = sign_command(p.platform.command_key, cmd)
+            cmd = signed_command(p, "c-twice")
             await p.admin("POST", "/admin/raw-command", {"gateway": GW, "command": cmd})
             await wait_for_result(p, "c-twice")
-            # The platform delivers it again under a new row (e.g. after a failover).
-            await p.platform.store.run(
-                p.platform.store.execute,
-                "UPDATE commands SET status = 'queued', result_ms = NULL WHERE id = ?",
-                ("c-twice",),
-            )
-            p.platform._command_waiters.pop(GW, asyncio.Event()).set()
+            # The platform delivers it again (e.g. after a failover).
+            await redeliver(p, "c-twice")
 
             async def delivered_again() -> bool:
                 status = await command_status(p, "c-twice")

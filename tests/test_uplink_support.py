@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from agent.uplink.wire import signature_headers
+from agent.uplink.wire import sign_command, signature_headers
 from reference_platform import (
     PLATFORM,
     Fault,
@@ -189,3 +189,54 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def signed_command(p: Platform, command_id: str, **fields: Any) -> dict[str, Any]:
+    """A command for ``door-1`` of :data:`GW`, valid for a minute, signed by ``p``'s key
+    (``fields`` change it before it is signed); for ``POST /admin/raw-command``."""
+    now = int(time.time() * 1000)
+    cmd: dict[str, Any] = {
+        "id": command_id,
+        "gateway": GW,
+        "device": "door-1",
+        "action": "open",
+        "args": {},
+        "issued_ms": now,
+        "expires_ms": now + 60_000,
+        **fields,
+    }
+    cmd["signature"] = sign_command(p.platform.command_key, cmd)
+    return cmd
+
+
+async def command_status(p: Platform, command_id: str) -> dict[str, Any]:
+    _, doc = await p.admin("GET", f"/v1/gateways/{GW}/commands/{command_id}")
+    assert isinstance(doc, dict)
+    return doc
+
+
+async def wait_for_result(p: Platform, command_id: str) -> dict[str, Any]:
+    """The command's status once the gateway's result arrived."""
+
+    async def done() -> bool:
+        return (await command_status(p, command_id))["result_ms"] is not None
+
+    await wait_for(done)
+    return await command_status(p, command_id)
+
+
+async def redeliver(p: Platform, command_id: str, body: dict[str, Any] | None = None) -> None:
+    """Queue a command that was delivered and answered again, as a platform may (after a
+    failover); with ``body``, as that command instead."""
+    sql = "UPDATE commands SET status = 'queued', result_ms = NULL"
+    params: tuple[Any, ...] = (command_id,)
+    if body is not None:
+        sql += ", body = ?"
+        params = (orjson.dumps(body), command_id)
+    await p.platform.store.run(p.platform.store.execute, sql + " WHERE id = ?", params)
+    waiter = p.platform._command_waiters.pop(GW, None)
+    if waiter is not None:
+        waiter.set()
