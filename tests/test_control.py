@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ async def raw_exchange(path: Path, data: bytes) -> dict[str, Any]:
         answer = orjson.loads(await asyncio.wait_for(reader.readline(), 10))
     finally:
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
     assert isinstance(answer, dict)
     return answer
 

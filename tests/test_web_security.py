@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import ipaddress
 import re
@@ -452,6 +453,8 @@ async def _raw(port: int, request: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(65536), 30)
     finally:
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 def _post(path: str, headers: dict[bytes, bytes], body: bytes) -> bytes:
