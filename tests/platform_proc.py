@@ -20,14 +20,17 @@ GATEWAY = "gw-test"
 class PlatformProcess:
     """``edge-agent reference-platform`` on 127.0.0.1, an ephemeral port, a fresh key."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, token: str | None = None) -> None:
         self.directory = directory
         self.db = directory / "platform.db"
         self.secret = secrets.token_hex(32)
-        self.token = secrets.token_urlsafe(16)
+        # token_urlsafe starts with "-" one time in 64: it goes in as --admin-token=VALUE, the
+        # one spelling argparse never mistakes for an option.
+        self.token = token if token is not None else secrets.token_urlsafe(16)
         (directory / "uplink.key").write_text(self.secret)
         keys = directory / "platform-keys.yaml"
         keys.write_text(yaml.safe_dump({GATEWAY: {"gateway": GATEWAY, "secret": self.secret}}))
+        stderr = (directory / "platform.stderr").open("w")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -42,8 +45,7 @@ class PlatformProcess:
                 str(keys),
                 "--command-key",
                 str(directory / "command.pem"),
-                "--admin-token",
-                self.token,
+                f"--admin-token={self.token}",
                 "--durability",
                 "normal",
                 # Contract mode: every body must match docs/openapi.yaml as well.
@@ -52,14 +54,19 @@ class PlatformProcess:
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
         )
+        stderr.close()
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         if not first:
             self.proc.wait(10)
-            raise RuntimeError(f"the reference platform did not start ({self.proc.returncode})")
+            self.proc.stdout.close()
+            said = (directory / "platform.stderr").read_text(errors="replace").strip()
+            raise RuntimeError(
+                f"the reference platform did not start (exit {self.proc.returncode}): {said}"
+            )
         self.port = int(json.loads(first)["port"])
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -28,6 +28,18 @@ def platform(tmp_path: Path) -> Iterator[PlatformProcess]:
         proc.stop()
 
 
+def test_the_platform_harness_takes_an_admin_token_that_starts_with_a_dash(
+    tmp_path: Path,
+) -> None:
+    # CI once failed to start the platform: a generated token began with "-" and argparse took
+    # "--admin-token -…" for a missing value (exit 2), one start in 64.
+    proc = PlatformProcess(tmp_path, token="-starts-with-a-dash")
+    try:
+        assert proc.admin("GET", "/admin/fault")["fault"]["mode"] == "none"
+    finally:
+        proc.stop()
+
+
 def buffer_stats(path: Path) -> dict[str, Any]:
     """The running agent's buffer figures, read the way a technician does (read-only)."""
     out = subprocess.run(
