@@ -200,10 +200,23 @@ async def test_login_brute_force_is_throttled(tmp_path: Path) -> None:
         assert "eag_session" not in response.cookies
         # ...and the address is locked whatever name it tries.
         assert (await client.try_login("view", VIEW_PASSWORD)).status == 429
-        # Basic auth on /metrics goes through the same throttle.
-        auth = base64.b64encode(f"tech:{TECH_PASSWORD}".encode()).decode()
-        metrics = await client.get("/metrics", headers={"Authorization": f"Basic {auth}"})
-        assert metrics.status == 401
+
+
+async def test_a_guessing_neighbour_cannot_lock_the_technician_out(tmp_path: Path) -> None:
+    # Five wrong passwords for "tech" from any LAN machine used to lock "tech" out everywhere.
+    web = web_section(login_max_failures=3, login_lockout_s=30)
+    async with running_agent(tmp_path, web=web) as runtime:
+        url = base_url(runtime)
+        async with WebClient(url, source="127.0.0.2") as attacker:
+            for guess in ("a", "b", "c", "d"):
+                assert (await attacker.try_login("tech", guess)).status in (401, 429)
+            assert (await attacker.try_login("tech", TECH_PASSWORD)).status == 429
+        async with WebClient(url, source="127.0.0.3") as technician:
+            started = asyncio.get_running_loop().time()
+            await technician.login("tech", TECH_PASSWORD)
+            # Not slowed either: this address has not failed (the name's slow-down is 5 s).
+            assert asyncio.get_running_loop().time() - started < 4
+            assert (await technician.api("/api/status"))["gateway"]["id"] == "gw-test"
 
 
 async def test_unknown_names_cost_a_hash_too(tmp_path: Path) -> None:
@@ -300,21 +313,74 @@ async def test_viewer_may_look_but_not_act(tmp_path: Path) -> None:
         assert runtime.state.commands == {}, "refused before the command path"
 
 
-async def test_metrics_open_or_behind_a_login(tmp_path: Path) -> None:
-    async with running_agent(tmp_path) as runtime, WebClient(base_url(runtime)) as client:
-        assert (await client.get("/metrics")).status == 401
-        auth = base64.b64encode(f"view:{VIEW_PASSWORD}".encode()).decode()
-        response = await client.get("/metrics", headers={"Authorization": f"Basic {auth}"})
+async def test_metrics_open_or_behind_a_login_or_its_own_token(tmp_path: Path) -> None:
+    token = "scrape-token-5d1c9a0e7b3f"
+    (tmp_path / "metrics.token").write_text(token + "\n")
+    web = web_section(metrics_token={"file": str(tmp_path / "metrics.token")})
+    async with (
+        running_agent(tmp_path, web=web) as runtime,
+        WebClient(base_url(runtime)) as client,
+    ):
+        denied = await client.get("/metrics")
+        assert denied.status == 401
+        assert denied.headers["WWW-Authenticate"].startswith("Bearer")
+        response = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert response.status == 200
-        bad = base64.b64encode(b"view:wrong").decode()
-        assert (
-            await client.get("/metrics", headers={"Authorization": f"Basic {bad}"})
-        ).status == 401
+        assert "edge_agent_" in await response.text()
+        for wrong in (f"Bearer {token}x", "Bearer ", token, f"Basic {token}"):
+            assert (await client.get("/metrics", headers={"Authorization": wrong})).status == 401
+        # A user's password is no way in any more: no scrypt per scrape, no lockout by a
+        # misconfigured scraper...
+        auth = base64.b64encode(f"view:{VIEW_PASSWORD}".encode()).decode()
+        basic = await client.get("/metrics", headers={"Authorization": f"Basic {auth}"})
+        assert basic.status == 401
+        for _ in range(6):
+            await client.get("/metrics", headers={"Authorization": "Bearer wrong"})
+        # ...which could lock out nobody: the view user still logs in, and the session may
+        # scrape too.
+        await client.login("view", VIEW_PASSWORD)
+        assert (await client.get("/metrics")).status == 200
     async with (
         running_agent(tmp_path / "open", web=web_section(metrics="open")) as runtime,
         WebClient(base_url(runtime)) as client,
     ):
         assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/api/status")).status == 401
+
+
+async def test_a_viewer_flood_does_not_end_the_technicians_session(tmp_path: Path) -> None:
+    async with running_agent(tmp_path, web=web_section(sessions_per_user=2)) as runtime:
+        url = base_url(runtime)
+        async with WebClient(url) as technician:
+            await technician.login()
+            viewers = [WebClient(url) for _ in range(8)]
+            try:
+                for viewer in viewers:
+                    await viewer.login("view", VIEW_PASSWORD)
+                assert (await technician.get("/api/status")).status == 200
+                # Only the two newest viewer sessions live on.
+                alive = [(await v.get("/api/status")).status for v in viewers]
+                assert alive == [401] * 6 + [200] * 2
+            finally:
+                for viewer in viewers:
+                    await viewer.http.close()
+
+
+async def test_the_pages_own_refreshes_do_not_keep_a_session_alive(tmp_path: Path) -> None:
+    web = web_section(session_idle_min=0.02)  # 1.2 s without a user's action
+    async with running_agent(tmp_path, web=web) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login()
+        refresh = {"X-Edge-Refresh": "1"}
+        assert (await client.get("/api/status", headers=refresh)).status == 200
+
+        async def refreshed_out() -> bool:
+            return (await client.get("/api/status", headers=refresh)).status == 401
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await refreshed_out():
+            assert asyncio.get_running_loop().time() < deadline, "refreshes kept it alive"
+            await asyncio.sleep(0.2)
+        # A user's own request after that finds the session gone too.
         assert (await client.get("/api/status")).status == 401
 
 

@@ -159,12 +159,18 @@ def base_url(runtime: Runtime) -> str:
 class WebClient:
     """An HTTP client with a cookie jar that accepts cookies from 127.0.0.1."""
 
-    def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, *, ssl_context: ssl.SSLContext | None = None, source: str | None = None
+    ) -> None:
+        """``source``: the local address to connect from (127.0.0.2: another LAN machine)."""
         self.url = url
         self.http = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             timeout=aiohttp.ClientTimeout(total=30),
-            connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None,
+            connector=aiohttp.TCPConnector(
+                ssl=ssl_context if ssl_context is not None else True,
+                local_addr=(source, 0) if source is not None else None,
+            ),
         )
         self.csrf = ""
 

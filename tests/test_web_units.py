@@ -97,6 +97,45 @@ def test_session_store_is_bounded() -> None:
     assert store.get(tokens[-1]) is not None
 
 
+def test_sessions_are_bounded_per_user_first() -> None:
+    store = SessionStore(idle_s=60, max_age_s=300, per_user=2, max_sessions=64)
+    tech = store.create("tech", "technician", "fp")
+    views = [store.create("view", "viewer", "fp") for _ in range(5)]
+    assert store.get(tech.token) is tech
+    assert [store.get(v.token) is not None for v in views] == [False] * 3 + [True] * 2
+    # Past the total, the user holding the most loses their oldest: not the technician.
+    store = SessionStore(idle_s=60, max_age_s=300, per_user=4, max_sessions=4)
+    tech = store.create("tech", "technician", "fp")
+    views = [store.create("view", "viewer", "fp") for _ in range(4)]
+    assert store.get(tech.token) is tech
+    assert store.get(views[0].token) is None
+    assert len(store) == 4
+
+
+def test_a_look_without_touch_keeps_the_idle_clock_running() -> None:
+    clock = FakeClock()
+    store = SessionStore(idle_s=60, max_age_s=3600, clock=clock)
+    session = store.create("tech", "technician", "fp")
+    for _ in range(5):
+        clock.now += 20
+        if store.get(session.token, touch=False) is None:
+            break
+    assert store.get(session.token, touch=False) is None
+
+
+def test_throttle_knows_who_failed() -> None:
+    clock = FakeClock()
+    throttle = LoginThrottle(max_failures=3, lockout_s=10, clock=clock)
+    assert not throttle.has_failed("ip:a")
+    throttle.failed("ip:a")
+    assert throttle.has_failed("ip:a")
+    throttle.succeeded("ip:a")
+    assert not throttle.has_failed("ip:a")
+    throttle.failed("ip:b")
+    clock.now += LoginThrottle.MAX_LOCKOUT_S + 1
+    assert not throttle.has_failed("ip:b")
+
+
 def test_throttle_locks_out_and_doubles() -> None:
     clock = FakeClock()
     throttle = LoginThrottle(max_failures=3, lockout_s=10, clock=clock)

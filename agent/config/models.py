@@ -378,14 +378,32 @@ class WebConfig(StrictModel):
     language: Literal["zh-CN", "en"] = "zh-CN"
     """Language of the page until a user switches."""
     metrics: Literal["login", "open"] = "login"
-    """login: /metrics needs a session or HTTP basic auth of a user; open: anyone on the LAN."""
+    """login: /metrics needs a page session or ``Authorization: Bearer <metrics_token>``;
+    open: anyone on the LAN."""
+    metrics_token: SecretRef | None = None
+    """The scraper's own token (Prometheus ``authorization.credentials_file``): never a user's
+    password, which would cost a 16 MiB scrypt per scrape and lock the user out when wrong."""
     tls: WebTls | None = None
     session_idle_min: Annotated[float, Field(gt=0, le=1440)] = 30
+    """Logged out after this long without a user action (the page's own refreshes do not count)."""
     session_max_h: Annotated[float, Field(gt=0, le=168)] = 12
+    sessions_per_user: Annotated[int, Field(ge=1, le=64)] = 4
+    """A user's oldest session ends at their next login past this; no login evicts another user."""
     login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
-    """Failed logins from one address, or for one name, before logins are refused for a while."""
+    """Failed logins from one address before that address is refused for a while. Failures for
+    one name from many addresses slow those addresses down, never an address that has not failed."""
     login_lockout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
     """First lockout; each further one doubles, up to an hour."""
+    max_connections: Annotated[int, Field(ge=8, le=4096)] = 256
+    """Open connections in all; more are closed at once (the unit allows 8,192 open files)."""
+    max_connections_per_source: Annotated[int, Field(ge=2, le=1024)] = 32
+    """Open connections from one address (a phone's browser uses about six)."""
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 15
+    """A connection with no request in progress is closed after this long."""
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request's header must be complete this long after its first byte."""
+    body_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request's body must have arrived this long after its header."""
     refresh_s: Annotated[float, Field(ge=0.5, le=60)] = 2
     """How often open pages fetch fresh figures."""
 

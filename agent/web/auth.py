@@ -3,8 +3,10 @@
 Passwords are stored only as scrypt hashes (``scrypt$N$r$p$salt$key``, standard library). A
 session is a random token in an HttpOnly, SameSite=Strict cookie, held in memory: a restart logs
 everyone out, which on a gateway is a feature. Each session carries its own CSRF token. Failed
-logins are counted per client address and per user name; past the limit, logins are refused
-without even looking at the password, for a lockout that doubles each time.
+logins are counted per client address and per user name. Past the limit an address is refused
+without even looking at the password, for a lockout that doubles each time. A name under attack
+is never locked (that would lock its owner out from any LAN machine): it only slows down the
+addresses that have failed themselves.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hmac
 import re
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
@@ -104,18 +106,25 @@ def fingerprint(role: str, password_hash: str) -> str:
 
 
 class SessionStore:
-    """Sessions in memory, bounded: the oldest are evicted past ``max_sessions``."""
+    """Sessions in memory, bounded per user and in all.
+
+    A login past ``per_user`` ends that user's oldest session, so 64 viewer logins cannot evict
+    the technician. Past ``max_sessions`` in all, the oldest session of the user who holds the
+    most goes.
+    """
 
     def __init__(
         self,
         *,
         idle_s: float,
         max_age_s: float,
+        per_user: int = 4,
         max_sessions: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_s = idle_s
         self.max_age_s = max_age_s
+        self.per_user = per_user
         self.max_sessions = max_sessions
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -126,8 +135,11 @@ class SessionStore:
     def create(self, user: str, role: Role, fingerprint: str) -> Session:
         now = self._clock()
         self._prune(now)
+        while len(self.of(user)) >= self.per_user:
+            del self._sessions[self.of(user)[0].token]
         while len(self._sessions) >= self.max_sessions:
-            self._sessions.popitem(last=False)
+            counts = Counter(s.user for s in self._sessions.values())
+            del self._sessions[self.of(counts.most_common(1)[0][0])[0].token]
         session = Session(
             token=secrets.token_urlsafe(32),
             user=user,
@@ -140,7 +152,12 @@ class SessionStore:
         self._sessions[session.token] = session
         return session
 
-    def get(self, token: str | None) -> Session | None:
+    def of(self, user: str) -> list[Session]:
+        """The user's sessions, oldest first."""
+        return [s for s in self._sessions.values() if s.user == user]
+
+    def get(self, token: str | None, *, touch: bool = True) -> Session | None:
+        """The live session of ``token``; ``touch`` (a user's action) restarts its idle time."""
         if not token:
             return None
         session = self._sessions.get(token)
@@ -150,7 +167,8 @@ class SessionStore:
         if now - session.last_seen > self.idle_s or now - session.created > self.max_age_s:
             del self._sessions[token]
             return None
-        session.last_seen = now
+        if touch:
+            session.last_seen = now
         return session
 
     def delete(self, token: str | None) -> None:
@@ -204,6 +222,11 @@ class LoginThrottle:
         now = self._clock()
         waits = [f.locked_until - now for k in keys if (f := self._keys.get(k)) is not None]
         return max([0.0, *waits])
+
+    def has_failed(self, key: str) -> bool:
+        """Whether ``key`` failed within the last hour (and has not succeeded since)."""
+        entry = self._keys.get(key)
+        return entry is not None and self._clock() - entry.last <= self.MAX_LOCKOUT_S
 
     def failed(self, *keys: str) -> bool:
         """Count a failure for each key; True when one of them just got locked."""

@@ -18,7 +18,7 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import orjson
 from aiohttp import http_exceptions, web
 from multidict import MultiDictProxy
 
+from agent.config.secrets import SecretError, read_secret
 from agent.driver import CommandError, DeviceError
 from agent.records import Event, Reading, Record, Status
 from agent.scheduler import DriverCrashedError
@@ -38,6 +39,14 @@ from agent.web.auth import (
     SessionStore,
     fingerprint,
     verify_password,
+)
+from agent.web.guard import (
+    SERVER_NAME,
+    Guard,
+    GuardedSite,
+    GuardLimits,
+    Handler,
+    request_logger,
 )
 from agent.web.i18n import LANGUAGES, Catalog, catalog, negotiate, script_json
 from agent.web.metrics import CONTENT_TYPE, render_metrics
@@ -55,6 +64,8 @@ LOGIN_COOKIE = "eag_login"
 """Before login there is no session to hold a CSRF token: the login form's token is
 double-submitted, once in this cookie and once in the form."""
 LANG_COOKIE = "eag_lang"
+REFRESH_HEADER = "X-Edge-Refresh"
+"""Sent by the page's script on its timed refreshes, which are not a user's action."""
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/login"), ("POST", "/lang")})
@@ -66,13 +77,14 @@ _STATIC_TYPES = {
 }
 _MAX_PASSWORD = 1024
 _MAX_NAME = 64
+_MIN_METRICS_TOKEN = 16
+_NAME_SLOWDOWN_MAX_S = 5.0
+"""The most a failed address waits per try while the name it tries is under attack."""
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _dumps(data: Any) -> str:
@@ -138,13 +150,26 @@ class _Static:
 class WebServer:
     """The diagnostic page of one running agent. ``start`` binds, ``close`` stops."""
 
-    def __init__(self, runtime: AgentView, config: WebConfig | None = None) -> None:
+    def __init__(
+        self, runtime: AgentView, config: WebConfig | None = None, *, metrics_token: str = ""
+    ) -> None:
         self.runtime = runtime
         self.config = config or runtime.config.web
         self.log: structlog.typing.FilteringBoundLogger = runtime.log.bind(task="web")
+        self.metrics_token = metrics_token
         self.sessions = SessionStore(
-            idle_s=self.config.session_idle_min * 60, max_age_s=self.config.session_max_h * 3600
+            idle_s=self.config.session_idle_min * 60,
+            max_age_s=self.config.session_max_h * 3600,
+            per_user=self.config.sessions_per_user,
         )
+        self.limits = GuardLimits(
+            per_source=self.config.max_connections_per_source,
+            total=self.config.max_connections,
+            idle_s=self.config.idle_timeout_s,
+            header_s=self.config.header_timeout_s,
+            body_s=self.config.body_timeout_s,
+        )
+        self.guard: Guard | None = None
         self.throttle = LoginThrottle(
             max_failures=self.config.login_max_failures, lockout_s=self.config.login_lockout_s
         )
@@ -177,20 +202,28 @@ class WebServer:
         return context
 
     async def start(self) -> None:
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=self.limits.idle_s,
+            logger=request_logger(self.log),
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(
+            site = GuardedSite(
                 runner,
                 self.config.host or None,
                 self.config.port,
                 ssl_context=self._ssl_context(),
+                guard=lambda factory: Guard(factory, self.limits, self.log),
             )
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self.guard = site.guard
         scheme = "https" if self.config.tls is not None else "http"
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else None
@@ -217,7 +250,7 @@ class WebServer:
 
     def _build_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._headers_mw, self._auth_mw],
+            middlewares=[self._guard_mw, self._headers_mw, self._auth_mw],
             client_max_size=64 * 1024,
         )
         r = app.router
@@ -245,6 +278,12 @@ class WebServer:
     # ------------------------------------------------------------------ middleware
 
     @web.middleware
+    async def _guard_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.guard is None:  # the app served without the guarded site (unit tests)
+            return await handler(request)
+        return await self.guard.middleware(request, handler)
+
+    @web.middleware
     async def _headers_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
@@ -260,8 +299,7 @@ class WebServer:
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
-        # No versions for a scanner on the LAN to match against advisories.
-        headers["Server"] = "edge-agent"
+        headers["Server"] = SERVER_NAME
         if self.config.tls is not None:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if not request.path.startswith("/static/"):
@@ -274,13 +312,14 @@ class WebServer:
         if path.startswith("/static/") or (request.method, path) in _PUBLIC:
             return await handler(request)
         if path == "/metrics":
-            if self.config.metrics == "open" or await self._metrics_allowed(request):
+            if self.config.metrics == "open" or self._metrics_allowed(request):
                 return await handler(request)
             raise web.HTTPUnauthorized(
-                text="login required\n",
-                headers={"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'},
+                text="a page session or Authorization: Bearer <web.metrics_token> required\n",
+                headers={"WWW-Authenticate": 'Bearer realm="edge-agent"'},
             )
-        session = self._session_of(request)
+        # The page's own refreshes say so (X-Edge-Refresh): they keep no session alive.
+        session = self._session_of(request, touch=request.headers.get(REFRESH_HEADER) != "1")
         if session is None:
             if path.startswith("/api/") or request.method not in _SAFE_METHODS:
                 raise web.HTTPUnauthorized(
@@ -293,9 +332,9 @@ class WebServer:
             await self._check_csrf(request, session.csrf)
         return await handler(request)
 
-    def _session_of(self, request: web.Request) -> Session | None:
+    def _session_of(self, request: web.Request, *, touch: bool = True) -> Session | None:
         token = request.cookies.get(SESSION_COOKIE)
-        session = self.sessions.get(token)
+        session = self.sessions.get(token, touch=touch)
         if session is None:
             return None
         user = self.runtime.config.web.user(session.user)
@@ -324,25 +363,17 @@ class WebServer:
                 content_type="application/json",
             )
 
-    async def _metrics_allowed(self, request: web.Request) -> bool:
-        if self._session_of(request) is not None:
+    def _metrics_allowed(self, request: web.Request) -> bool:
+        """A page session, or the scraper's own token (``web.metrics_token``). No password is
+        checked here: a scrape must not cost a scrypt, nor a wrong one lock a user out."""
+        if self._session_of(request, touch=False) is not None:
             return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic" or not encoded:
-            return False
-        try:
-            import base64  # noqa: PLC0415 - only scrapers with basic auth get here
-
-            name, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except ValueError:
-            return False
-        if not sep:
-            return False
-        try:
-            return await self._verify(request, name, password) is not None
-        except _ThrottledError:
-            return False
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return (
+            bool(self.metrics_token)
+            and scheme.lower() == "bearer"
+            and _same_secret(token.strip(), self.metrics_token)
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -355,7 +386,7 @@ class WebServer:
     def _session(self, request: web.Request) -> Session:
         # Looked up again rather than stored on the request: request storage wants
         # web.RequestKey, which older aiohttp releases lack; the lookup is a dict hit.
-        session = self._session_of(request)
+        session = self._session_of(request, touch=False)
         if session is None:
             raise web.HTTPUnauthorized(
                 text=_dumps({"error": "login_required"}), content_type="application/json"
@@ -384,13 +415,22 @@ class WebServer:
         return device
 
     async def _verify(self, request: web.Request, name: str, password: str) -> WebUser | None:
-        """Check a name and password under the throttle; None when wrong or throttled."""
+        """Check a name and password under the throttle; None when wrong or throttled.
+
+        The address is what gets locked. A name that keeps failing (from many addresses) slows
+        down only the addresses that have failed too; an address that has not failed always gets
+        its answer at once, so a guessing neighbour cannot lock the technician out.
+        """
         name = name.strip()[:_MAX_NAME]
-        keys = (f"ip:{request.remote}", f"user:{name.casefold()}")
+        address, user_key = f"ip:{request.remote}", f"user:{name.casefold()}"
+        if self.throttle.has_failed(address):
+            slow = min(self.throttle.retry_after(user_key), _NAME_SLOWDOWN_MAX_S)
+            if slow > 0:
+                await asyncio.sleep(slow)
         async with self._hash_slots:
             # Checked inside the slot: parallel guesses queue here and meet the lockout.
-            if self.throttle.retry_after(*keys) > 0:
-                raise _ThrottledError(self.throttle.retry_after(*keys))
+            if (wait := self.throttle.retry_after(address)) > 0:
+                raise _ThrottledError(wait)
             user = self.runtime.config.web.user(name)
             ok = await asyncio.to_thread(
                 verify_password,
@@ -398,14 +438,14 @@ class WebServer:
                 user.password_hash if user is not None else DUMMY_HASH,
             )
         if ok and user is not None:
-            self.throttle.succeeded(*keys)
+            self.throttle.succeeded(address, user_key)
             return user
-        locked = self.throttle.failed(*keys)
+        locked = self.throttle.failed(address, user_key)
         self.log.warning(
             "web.login_failed",
             user=name,
             remote=request.remote,
-            locked_for_s=round(self.throttle.retry_after(*keys)) if locked else None,
+            locked_for_s=round(self.throttle.retry_after(address)) if locked else None,
         )
         return None
 
@@ -804,7 +844,21 @@ async def start_web(runtime: AgentView) -> WebServer | None:
             hint="run 'edge-agent hash-password' and add the hash under web.users",
         )
         return None
-    server = WebServer(runtime, config)
+    metrics_token = ""
+    if config.metrics_token is not None:
+        try:
+            metrics_token = read_secret(config.metrics_token)
+        except SecretError as exc:
+            log.error("web.metrics_token_unreadable", error=str(exc), hint="/metrics needs a login")
+        else:
+            if len(metrics_token) < _MIN_METRICS_TOKEN:
+                log.warning(
+                    "web.metrics_token_short",
+                    length=len(metrics_token),
+                    hint=f"use at least {_MIN_METRICS_TOKEN} random characters "
+                    "(openssl rand -hex 24)",
+                )
+    server = WebServer(runtime, config, metrics_token=metrics_token)
     try:
         await server.start()
     except (OSError, ssl.SSLError) as exc:
@@ -828,7 +882,7 @@ async def start_web(runtime: AgentView) -> WebServer | None:
         log.warning(
             "web.plaintext",
             listen=config.listen,
-            hint="passwords and session cookies cross the LAN in clear: set web.tls "
-            "(cert_file, key_file), or listen on 127.0.0.1",
+            hint="passwords and session cookies cross the LAN in clear: make a certificate "
+            "with 'edge-agent web make-cert' and set web.tls, or listen on 127.0.0.1",
         )
     return server

@@ -199,7 +199,8 @@
       if (busy || document.hidden) return;
       busy = true;
       try {
-        const data = await api(typeof path === "function" ? path() : path);
+        // A timed refresh is not the user's action: it keeps no session alive.
+        const data = await api(typeof path === "function" ? path() : path, { headers: { "X-Edge-Refresh": "1" } });
         render(data);
         if (banner) banner.hidden = true;
       } catch (e) {
