@@ -13,11 +13,46 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
+from agent.tools import DEFAULT_CONFIG
 
 __all__ = ["main"]
 
 EX_CONFIG = 78
 """sysexits' EX_CONFIG: systemd's unit does not restart-loop on it (RestartPreventExitStatus)."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` of every ``edge-agent`` command (drivers' tools too): an option's default
+    after its help, unless it has none worth saying or the help says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, False, [], argparse.SUPPRESS)
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _formatted(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command under it the one help formatter."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _formatted(child)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    """The config a command reads: ``CONFIG`` (run, check-config) or ``--config``, else the
+    default. Giving both, differently, is an error rather than a guess."""
+    given = getattr(args, "config_file", None)
+    if given is not None and args.config is not None and Path(given) != Path(args.config):
+        raise SystemExit(f"edge-agent: two configs given ({given} and --config {args.config})")
+    return Path(given or args.config or DEFAULT_CONFIG)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -27,12 +62,13 @@ def _run(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging, get_logger  # noqa: PLC0415
     from agent.systemd import Notifier, watchdog_interval  # noqa: PLC0415
 
+    path = _config_path(args)
     try:
-        config = load_config(args.config)
+        config = load_config(path)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
-        print(f"{args.config}: not started: {len(exc.issues)} error(s)", file=sys.stderr)
+        print(f"{path}: not started: {len(exc.issues)} error(s)", file=sys.stderr)
         return EX_CONFIG
     configure_logging(config.logging.level, args.log_format or config.logging.format)
     notifier = Notifier()
@@ -40,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> int:
         app = App(
             config,
-            config_path=Path(args.config),
+            config_path=path,
             loader=load_config,
             notifier=notifier,
             watchdog_s=watchdog_interval(),
@@ -57,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from agent.config.loader import check_config_command  # noqa: PLC0415
 
-    return check_config_command(args.config, sys.stdout, sys.stderr)
+    return check_config_command(str(_config_path(args)), sys.stdout, sys.stderr)
 
 
 def _buffer_path(args: argparse.Namespace) -> Path | None:
@@ -67,7 +103,7 @@ def _buffer_path(args: argparse.Namespace) -> Path | None:
     from agent.config.loader import load_config  # noqa: PLC0415
 
     try:
-        return load_config(args.config).buffer.path
+        return load_config(_config_path(args)).buffer.path
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -130,7 +166,7 @@ def _command(args: argparse.Namespace) -> int:
         from agent.runtime import Runtime  # noqa: PLC0415
 
         try:
-            path = Runtime.control_path(load_config(args.config))
+            path = Runtime.control_path(load_config(_config_path(args)))
         except ConfigError as exc:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
@@ -174,8 +210,36 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_cert(args: argparse.Namespace) -> int:
+    from agent.web.cert import make_cert  # noqa: PLC0415 - cryptography only, no aiohttp
+
+    try:
+        made = make_cert(Path(args.dir), list(args.name), days=args.days, force=args.force)
+    except OSError as exc:
+        print(f"edge-agent web make-cert: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {made.key_file} (0600) and {made.cert_file}, valid until {made.not_after:%Y-%m-%d}"
+    )
+    print(f"names: {', '.join(made.names)}")
+    print(f"SHA-256 fingerprint: {made.fingerprint}")
+    print("  (compare it with the one the browser shows before you accept the certificate)")
+    print("add to the config, then restart the agent:")
+    print(f"web:\n  tls:\n    cert_file: {made.cert_file}\n    key_file: {made.key_file}")
+    return 0
+
+
 _OWN_COMMANDS = frozenset(
-    {"run", "check-config", "buffer", "demo", "command", "hash-password", "reference-platform"}
+    {
+        "run",
+        "check-config",
+        "buffer",
+        "demo",
+        "command",
+        "hash-password",
+        "web",
+        "reference-platform",
+    }
 )
 """The commands of the agent itself: running one of them loads no driver's tools."""
 
@@ -188,28 +252,57 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
-    run.add_argument("config", help="the agent's YAML config file")
+    def config_option(p: argparse.ArgumentParser, what: str = "the agent's config") -> None:
+        p.add_argument("--config", metavar="PATH", help=f"{what} (default: {DEFAULT_CONFIG})")
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground (systemd runs this)",
+        description="Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
+        "Exit codes: 0 stopped cleanly, 1 failed, 78 invalid config (systemd does not restart).",
+    )
+    run.add_argument("config_file", nargs="?", metavar="CONFIG", help="same as --config")
+    config_option(run)
     run.add_argument(
         "--log-format", choices=["auto", "json", "console"], help="override logging.format"
     )
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 1 on any error")
-    check.add_argument("config")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file; exit 1 on any error",
+        description="Check a config as the agent would load it: every error as file:line:col. "
+        "Exit codes: 0 valid, 1 errors found (each printed on stderr).",
+    )
+    check.add_argument("config_file", nargs="?", metavar="CONFIG", help="same as --config")
+    config_option(check)
     check.set_defaults(func=_check_config)
 
-    buf = sub.add_parser("buffer", help="inspect the store-and-forward buffer")
+    buf = sub.add_parser(
+        "buffer",
+        help="inspect the store-and-forward buffer",
+        description="Read the buffer file, also while the agent runs. Exit codes: 0 done, "
+        "1 the config or the buffer file cannot be read.",
+    )
     buf_sub = buf.add_subparsers(dest="buffer_command", required=True, metavar="ACTION")
     for name, help_text in (
         ("stats", "backlog size, age, drops, epoch (read-only)"),
         ("export", "records as JSON lines on stdout (read-only)"),
         ("requeue-poison", "send the records the platform refused again, once it is fixed"),
     ):
-        p = buf_sub.add_parser(name, help=help_text)
-        where = p.add_mutually_exclusive_group(required=True)
-        where.add_argument("--config", help="take the buffer path from this config")
-        where.add_argument("--path", help="the buffer file itself")
+        p = buf_sub.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}. Exit codes: 0 done, 1 the "
+            "config or the buffer file cannot be read.",
+        )
+        where = p.add_mutually_exclusive_group()
+        where.add_argument(
+            "--config",
+            metavar="PATH",
+            help=f"take the buffer's path from this config (default: {DEFAULT_CONFIG})",
+        )
+        where.add_argument("--path", help="the buffer file itself, instead of a config")
         if name == "stats":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         elif name == "export":
@@ -219,6 +312,9 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the whole product without hardware: simulated devices, agent, platform",
+        description="Start simulated devices, the agent, the reference platform and the "
+        "diagnostic page on this machine, and print how to look at each. Ctrl-C stops it. "
+        "Exit codes: 0 stopped, 69 a port is in use (pick another with the flags below).",
     )
     demo.add_argument(
         "--state", help="keep the demo's files in this folder (default: a temporary one)"
@@ -229,33 +325,67 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     demo.add_argument(
         "--web-listen",
         default="127.0.0.1:8080",
-        help="diagnostic page address (default 127.0.0.1:8080; port 0: any free)",
+        help="diagnostic page address (port 0: any free)",
     )
-    demo.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    demo.add_argument(
+        "--log-format", choices=["auto", "json", "console"], default="auto", help="log lines"
+    )
     demo.set_defaults(func=_demo)
 
     cmd = sub.add_parser(
         "command",
         help="run a command on a device through the running agent (local control socket)",
-        description="Example: edge-agent command --config agent.yaml door-1 output.set on=true",
+        description="Run ACTION on DEVICE through the running agent, as the platform would, and "
+        "print its result. Example: edge-agent command door-1 output.set on=true. "
+        "Exit codes: 0 done, 1 refused or failed (the answer says why), 2 no agent answers.",
     )
-    where = cmd.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", help="find the control socket from this config")
-    where.add_argument("--socket", help="the control socket itself")
+    where = cmd.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"find the control socket from this config (default: {DEFAULT_CONFIG})",
+    )
+    where.add_argument("--socket", help="the control socket itself, instead of a config")
     cmd.add_argument("--timeout", type=float, default=30, help="seconds to wait for the answer")
-    cmd.add_argument("device")
-    cmd.add_argument("action")
-    cmd.add_argument("args", nargs="*", type=_parse_arg, metavar="KEY=VALUE")
+    cmd.add_argument("device", help="the device's id in the config")
+    cmd.add_argument("action", help="one of the device's commands, e.g. output.set")
+    cmd.add_argument(
+        "args", nargs="*", type=_parse_arg, metavar="KEY=VALUE", help="YAML values: on=true"
+    )
     cmd.set_defaults(func=_command)
 
     pw = sub.add_parser(
         "hash-password",
         help="hash a password for web.users (the diagnostic page has no default password)",
         description="Prompts for the password twice (or reads one line from stdin) and prints "
-        "its scrypt hash for web.users[].password_hash.",
+        "its scrypt hash for web.users[].password_hash. Exit codes: 0 printed, 1 too short or "
+        "the two differ.",
     )
     pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
     pw.set_defaults(func=_hash_password)
+
+    web = sub.add_parser("web", help="tools for the diagnostic page")
+    web_sub = web.add_subparsers(dest="web_command", required=True, metavar="ACTION")
+    cert = web_sub.add_parser(
+        "make-cert",
+        help="make a self-signed certificate for the page's HTTPS (web.tls)",
+        description="Write web-key.pem (0600) and web-cert.pem for the page, print the lines "
+        "to add under web.tls and the certificate's SHA-256 fingerprint to compare with the "
+        "browser's. The host's name and localhost are always in it: add the addresses "
+        "technicians type. Exit codes: 0 written, 1 the files exist (--force) or cannot be "
+        "written.",
+    )
+    cert.add_argument("--dir", default="/etc/edge-agent", help="where to write the two files")
+    cert.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="a host name or IP address the page is reached at (repeatable)",
+    )
+    cert.add_argument("--days", type=int, default=825, help="validity")
+    cert.add_argument("--force", action="store_true", help="replace existing files")
+    cert.set_defaults(func=_make_cert)
 
     # Installer tools of each driver family (`scan modbus`, `read modbus`), found through the
     # registry; building the parser imports no protocol library.
@@ -274,6 +404,7 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     )
     ref.add_argument("rest", nargs=argparse.REMAINDER)
     ref.set_defaults(func=_reference_platform)
+    _formatted(parser)
     return parser
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CONFIG", "agent_runner", "run_on_own_bus"]
 
 DEFAULT_CONFIG: Final = Path("/etc/edge-agent/agent.yaml")
+"""Where the package and the systemd unit keep the config: every command's ``--config`` default."""
 _TOOL_TIMEOUT_S: Final = 900.0
 
 

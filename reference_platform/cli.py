@@ -83,9 +83,15 @@ async def serve(
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="edge-agent reference-platform",
-        description="Run the uplink API v1 reference platform (docs/uplink-api.md).",
+        description="Run the uplink API v1 reference platform (docs/uplink-api.md): it stores "
+        "what gateways send, queues signed commands and offers the integrator endpoints. It "
+        "prints one JSON line when it listens. Exit codes: 0 stopped by SIGTERM, 2 bad "
+        "arguments or cannot start (the reason on stderr), 130 interrupted. Pass a value that "
+        "starts with '-' as --option=VALUE.",
     )
-    parser.add_argument("--listen", default="127.0.0.1:8700", help="HOST:PORT (port 0: any)")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8700", help="HOST:PORT, port 0: any (default: %(default)s)"
+    )
     parser.add_argument("--db", type=Path, required=True, help="SQLite file for what it receives")
     parser.add_argument(
         "--keys", type=Path, required=True, help="YAML/JSON: key_id -> {gateway, secret}"
@@ -116,7 +122,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--durability",
         choices=("full", "normal"),
         default="full",
-        help="SQLite synchronous mode of the platform's store",
+        help="SQLite synchronous mode of the platform's store (default: %(default)s)",
     )
     return parser
 

@@ -81,9 +81,11 @@ def _line_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port, e.g. /dev/serial/by-id/usb-FTDI_...")
     where.add_argument("--host", help="Modbus TCP device or RTU-over-TCP gateway")
-    parser.add_argument("--baud", type=int, choices=_BAUDS, default=9600, metavar="BAUD")
+    parser.add_argument(
+        "--baud", type=int, choices=_BAUDS, default=9600, metavar="BAUD", help="with --port"
+    )
     parser.add_argument("--parity", type=_parity, default="none", help="none, even or odd")
-    parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1, help="with --port")
     parser.add_argument("--tcp-port", type=int, default=502, help="with --host (default 502)")
     parser.add_argument(
         "--framer",
@@ -97,6 +99,7 @@ def _line_arguments(parser: argparse.ArgumentParser) -> None:
     )
     agent.add_argument(
         "--config",
+        metavar="PATH",
         help="the agent's config, to find its control socket "
         "(default: /etc/edge-agent/agent.yaml when present)",
     )
@@ -122,7 +125,7 @@ def add_commands(
         "cannot be used.",
     )
     _line_arguments(p)
-    p.add_argument("--units", type=parse_units, default=parse_units("1-247"), help="e.g. 1-32")
+    p.add_argument("--units", type=parse_units, default="1-247", help="e.g. 1-32 or 1,5,10-12")
     p.add_argument("--timeout", type=float, default=0.2, help="seconds per unit (default 0.2)")
     p.add_argument("--no-profiles", action="store_true", help="do not try the built-in profiles")
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
@@ -131,21 +134,24 @@ def add_commands(
     r = read.add_parser(
         "modbus",
         help="read a profile or one register of a device and print typed values",
-        description="Examples: --port /dev/ttyUSB0 --unit 1 --profile chint-ddsu666; "
-        "--host 192.168.1.50 --unit 1 --table input --address 0 --type float32",
+        description="Read every point of a profile, or one register, and print typed values. "
+        "If the agent runs on the port, the read goes through it. Examples: --port /dev/ttyUSB0 "
+        "--unit 1 --profile chint-ddsu666; --host 192.168.1.50 --unit 1 --table input "
+        "--address 0 --type float32. Exit codes: 0 read, 1 the device did not answer or the "
+        "read failed, 2 the bus cannot be used or the arguments do not fit.",
     )
     _line_arguments(r)
     r.add_argument("--unit", type=int, required=True, help="the device's unit id")
     r.add_argument("--profile", help="a built-in profile: every point of it is read")
-    r.add_argument("--table", choices=TABLES, default="holding")
+    r.add_argument("--table", choices=TABLES, default="holding", help="with --address")
     r.add_argument("--address", type=lambda s: int(s, 0), help="zero-based address (0x2000 ok)")
-    r.add_argument("--type", default="uint16", choices=DATA_TYPES)
-    r.add_argument("--word-order", choices=WORD_ORDERS)
+    r.add_argument("--type", default="uint16", choices=DATA_TYPES, help="with --address")
+    r.add_argument("--word-order", choices=WORD_ORDERS, help="32/64-bit types (default: ABCD)")
     r.add_argument("--length", type=int, help="registers of a string")
     r.add_argument("--bit", type=int, help="bit of a bit point (0-15)")
-    r.add_argument("--scale", type=float)
+    r.add_argument("--scale", type=float, help="multiply the raw value")
     r.add_argument("--timeout", type=float, default=1.0, help="seconds per request (default 1)")
-    r.add_argument("--retries", type=int, default=1)
+    r.add_argument("--retries", type=int, default=1, help="tries after the first")
     r.add_argument("--json", action="store_true", help="readings as JSON lines")
     r.set_defaults(func=lambda args: _read(args, run_tool))
 
