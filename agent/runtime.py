@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,8 @@ BUFFER_CHECK_ANNOUNCE_BYTES = 64 * 2**20
 """A buffer file this large gets systemd's start timeout extended while it is checked."""
 BUFFER_CHECK_BYTES_PER_S = 2 * 2**20
 """A pessimistic read rate of a worn SD card, for that extension."""
+BUFFER_RETRY_S = 30.0
+"""How often a buffer that cannot be opened (a card remounted read-only) is tried again."""
 
 
 class Runtime:
@@ -209,22 +212,24 @@ class Runtime:
             await asyncio.sleep(2.0)
 
     async def _clock_synced(self, delta_ms: int) -> None:
-        assert self.buffer is not None
         self.state.clock_synced = True
-        fixed = await self.buffer.correct_unsynced(self.clock.boot_id, delta_ms)
+        fixed = 0
+        if self.buffer is not None:
+            fixed = await self.buffer.correct_unsynced(self.clock.boot_id, delta_ms)
         total = self._unsynced_shift_ms + delta_ms
         self.log.info("clock.synced", correction_ms=total, records_corrected=fixed)
         await self.event("agent.clock_synced", correction_ms=total, records_corrected=fixed)
 
     async def _clock_stepped(self, delta_ms: int, synced: bool) -> None:
-        assert self.buffer is not None
         if not synced:
             # NTP set the clock before the kernel says so: what was stamped so far moves with
             # it now (still unsynced), or the correction at sync would miss this step.
             self._unsynced_shift_ms += delta_ms
-            moved = await self.buffer.correct_unsynced(
-                self.clock.boot_id, delta_ms, mark_synced=False
-            )
+            moved = 0
+            if self.buffer is not None:
+                moved = await self.buffer.correct_unsynced(
+                    self.clock.boot_id, delta_ms, mark_synced=False
+                )
             self.log.info("clock.stepped_unsynced", step_ms=delta_ms, records_shifted=moved)
             return
         self.log.warning(
@@ -359,19 +364,34 @@ class Runtime:
         self._notifier.status(f"checking the buffer ({size / 2**20:.0f} MB)")
         self._notifier.extend_timeout(60 + size / BUFFER_CHECK_BYTES_PER_S)
 
-    async def start(self) -> None:
+    async def _open_buffer(self) -> bool:
+        """Open the buffer; False (logged once per distinct error) when the file system will
+        not let it, e.g. a card the kernel remounted read-only after I/O errors."""
         cfg = self.config
-        self._announce_buffer_check()
-        self.buffer = await AsyncBuffer.open(
-            cfg.buffer.path,
-            commit_interval_ms=cfg.buffer.commit_interval_ms,
-            max_bytes=int(cfg.buffer.max_size_mb * 2**20),
-            max_age_s=cfg.buffer.max_age_days * 86400 if cfg.buffer.max_age_days else None,
-            durability=cfg.buffer.durability,
-            source=cfg.gateway.id,
-            boot_id=self.clock.boot_id,
-            clock_synced=lambda: self.clock.synced,
-        )
+        try:
+            self.buffer = await AsyncBuffer.open(
+                cfg.buffer.path,
+                commit_interval_ms=cfg.buffer.commit_interval_ms,
+                max_bytes=int(cfg.buffer.max_size_mb * 2**20),
+                max_age_s=cfg.buffer.max_age_days * 86400 if cfg.buffer.max_age_days else None,
+                durability=cfg.buffer.durability,
+                source=cfg.gateway.id,
+                boot_id=self.clock.boot_id,
+                clock_synced=lambda: self.clock.synced,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            error = f"cannot open {cfg.buffer.path}: {type(exc).__name__}: {exc}"
+            if self.state.buffer.last_error != error:
+                self.log.error(
+                    "buffer.unavailable",
+                    error=error,
+                    retry_s=BUFFER_RETRY_S,
+                    hint="is the card read-only or failing (dmesg)? Polling and the page go on; "
+                    "records are lost until the buffer opens",
+                )
+            self.state.buffer.last_error = error
+            return False
+        self.state.buffer.last_error = None
         self.state.buffer.epoch = self.buffer.epoch
         if self.buffer.recovered_from is not None:
             self.log.error(
@@ -379,23 +399,51 @@ class Runtime:
                 moved_to=str(self.buffer.recovered_from),
                 epoch=self.buffer.epoch,
             )
+        return True
+
+    async def _buffer_opened(self) -> None:
+        """What needs the buffer starts once it is open: its figures and the uplink."""
+        self.supervisor.keep("buffer-figures", self._refresh_buffer_figures)
+        await self._start_uplink()
+
+    async def _open_buffer_later(self) -> None:
+        while True:
+            await asyncio.sleep(BUFFER_RETRY_S)
+            if await self._open_buffer():
+                break
+        assert self.buffer is not None
+        self.log.warning("buffer.available", epoch=self.buffer.epoch)
+        await self._buffer_opened()
+
+    async def _buffer_alive(self) -> None:
+        """The watchdog's round trip through the buffer's thread (when there is a buffer)."""
+        if self.buffer is not None:
+            await self.buffer.ping()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._announce_buffer_check()
+        opened = await self._open_buffer()
         self.log.info(
             "agent.starting",
             version=__version__,
             devices=len([d for d in cfg.devices if d.enabled]),
             buffer=str(cfg.buffer.path),
-            epoch=self.buffer.epoch,
+            epoch=self.state.buffer.epoch or None,
             clock_synced=self.clock.synced,
         )
-        await self.event("agent.started", version=__version__, epoch=self.buffer.epoch)
+        await self.event("agent.started", version=__version__, epoch=self.state.buffer.epoch)
         keep = self.supervisor.keep
-        keep("buffer-figures", self._refresh_buffer_figures)
         if not self.clock.synced:
             self.log.warning("clock.unsynced", hint="records are marked ts_synced=false until NTP")
         keep("clock-watch", lambda: self.clock.watch(self._clock_synced, self._clock_stepped))
         keep("ingest", self.ingest.run)
         keep("stale-watch", self.availability.watch_stale)
-        await self._start_uplink()
+        if opened:
+            await self._buffer_opened()
+        else:
+            # Degraded, not dead: a crash loop would take the page and /metrics with it.
+            keep("buffer-open", self._open_buffer_later)
         self._devices.start(cfg, cfg.devices)
         for service in self.services:
             await service.start()
@@ -435,9 +483,7 @@ class Runtime:
             if self._watchdog_s:
                 # Pinged from this event loop: a stuck loop stops the pings and systemd restarts
                 # the agent. Only after READY: a slow start is TimeoutStartSec's business.
-                buffer = self.buffer
-                assert buffer is not None
-                watchdog = watchdog_loop(self._notifier, self._watchdog_s, buffer.ping)
+                watchdog = watchdog_loop(self._notifier, self._watchdog_s, self._buffer_alive)
                 self.supervisor.spawn("systemd-watchdog", watchdog)
         try:
             await self._stop.wait()

@@ -51,32 +51,36 @@ class Sink:
         if not records:
             return
         buffer = self._buffer()
-        assert buffer is not None
         for record in records:
             self.state.observe(record)
+        if buffer is None:
+            # Not open (a card remounted read-only at start): the runtime keeps trying.
+            self._buffer_write_failed(len(records), self.state.buffer.last_error or "not open")
+            return
         try:
             # Shielded: a poll task cancelled at shutdown must not abandon records it handed over.
             await asyncio.shield(buffer.append(records))
         except (sqlite3.Error, OSError) as exc:
             # A full disk or a failing card: these records cannot be accepted. Polling goes on,
             # the loss is counted and reported, and appends resume when the buffer can write.
-            self._buffer_write_failed(len(records), exc)
+            self._buffer_write_failed(len(records), f"{type(exc).__name__}: {exc}")
             return
         self.state.records_accepted += len(records)
         if self._unwritable_since is not None:
             await self._buffer_writable_again()
 
-    def _buffer_write_failed(self, count: int, exc: Exception) -> None:
+    def _buffer_write_failed(self, count: int, error: str) -> None:
         self.state.records_lost_unwritable += count
-        self.state.buffer.last_error = f"{type(exc).__name__}: {exc}"
+        self.state.buffer.last_error = error
         if self._unwritable_since is None:
             self._unwritable_since = self._stamp()[0]
             self._lost_at_failure = self.state.records_lost_unwritable - count
             self.log.error(
                 "buffer.write_failed",
-                error=self.state.buffer.last_error,
+                error=error,
                 path=self._where,
-                hint="free space on the gateway's flash; records are lost until it can write",
+                hint="free space on the gateway's flash, or check whether the card went "
+                "read-only (dmesg); records are lost until it can write",
             )
 
     async def _buffer_writable_again(self) -> None:

@@ -13,21 +13,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agent.records import Record
 
 from .core import Batch, Buffer, BufferClosedError, BufferStats
 from .durability import Durability
+from .recovery import is_corruption
 
 __all__ = ["AsyncBuffer"]
 
 T = TypeVar("T")
 
 _Pending = tuple[Sequence[Record], "asyncio.Future[list[int]]"]
+
+
+def _append(buffer: Buffer, records: Sequence[Record]) -> list[int]:
+    return buffer.append(records)
 
 
 class AsyncBuffer:
@@ -54,6 +60,9 @@ class AsyncBuffer:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        self._retired: set[str] = set()
+        """Epochs of files moved aside after corruption found while running."""
+        self.recoveries = 0
 
     @classmethod
     async def open(
@@ -157,7 +166,7 @@ class AsyncBuffer:
             flat = list(itertools.chain.from_iterable(recs for recs, _ in group))
             self._committing = True
             try:
-                seqs = await loop.run_in_executor(self._executor, self._buffer.append, flat)
+                seqs = await self._worker(functools.partial(_append, records=flat))
             except asyncio.CancelledError:
                 for _, fut in group:
                     fut.cancel()
@@ -180,10 +189,9 @@ class AsyncBuffer:
                 start = end
 
     async def _append_each(self, group: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         for recs, fut in group:
             try:
-                seqs = await loop.run_in_executor(self._executor, self._buffer.append, recs)
+                seqs = await self._worker(functools.partial(_append, records=recs))
             except Exception as exc:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -191,41 +199,64 @@ class AsyncBuffer:
                 if not fut.done():
                     fut.set_result(seqs)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _worker(self, op: Callable[[Buffer], T]) -> T:
+        """``op(buffer)`` on the worker thread. When SQLite finds the file corrupt while
+        running, the file is moved aside and a new epoch starts (:meth:`Buffer.recover`), then
+        ``op`` runs once more on the fresh file: an append is not lost to it."""
+        loop = asyncio.get_running_loop()
+        buffer = self._buffer
+        try:
+            return await loop.run_in_executor(self._executor, op, buffer)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            if self._buffer is buffer:  # not already recovered by a call that overlapped
+                self._retired.add(buffer.epoch)
+                self._buffer = await loop.run_in_executor(
+                    self._executor, buffer.recover, f"{type(exc).__name__}: {exc}"
+                )
+                self.recoveries += 1
+        return await loop.run_in_executor(self._executor, op, self._buffer)
+
+    async def _call(self, op: Callable[[Buffer], T]) -> T:
         if self._closed:
             raise BufferClosedError(f"{self._buffer.path}: buffer is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await self._worker(op)
+
+    def _retired_batch(self, batch: Batch) -> bool:
+        """A batch of a file moved aside: its records went with that file."""
+        return batch.epoch in self._retired and batch.epoch != self._buffer.epoch
 
     async def take(self, max_records: int, max_bytes: int) -> Batch | None:
-        return await self._call(self._buffer.take, max_records, max_bytes)
+        return await self._call(lambda b: b.take(max_records, max_bytes))
 
     async def ack(self, batch: Batch) -> int:
-        return await self._call(self._buffer.ack, batch)
+        if self._retired_batch(batch):
+            return 0
+        return await self._call(lambda b: b.ack(batch))
 
     async def set_aside(self, batch: Batch, reason: str) -> None:
-        await self._call(self._buffer.set_aside, batch, reason)
+        if not self._retired_batch(batch):
+            await self._call(lambda b: b.set_aside(batch, reason))
 
     async def requeue_poison(self) -> int:
-        return await self._call(self._buffer.requeue_poison)
+        return await self._call(lambda b: b.requeue_poison())
 
     async def claim_command(self, command_id: str, expires_ms: int) -> bool:
-        return await self._call(self._buffer.claim_command, command_id, expires_ms)
+        return await self._call(lambda b: b.claim_command(command_id, expires_ms))
 
     async def ping(self) -> None:
         """A round trip through the buffer's thread (after whatever it is writing)."""
-        await self._call(lambda: None)
+        await self._call(lambda _b: None)
 
     async def stats(self) -> BufferStats:
-        return await self._call(self._buffer.stats)
+        return await self._call(lambda b: b.stats())
 
     async def correct_unsynced(
         self, boot_id: str, delta_ms: int, *, mark_synced: bool = True
     ) -> int:
         return await self._call(
-            functools.partial(self._buffer.correct_unsynced, mark_synced=mark_synced),
-            boot_id,
-            delta_ms,
+            lambda b: b.correct_unsynced(boot_id, delta_ms, mark_synced=mark_synced)
         )
 
     async def close(self) -> None:

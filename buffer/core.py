@@ -200,12 +200,15 @@ class Buffer(Eviction):
         source: str = "agent",
         boot_id: str | None = None,
         clock_synced: Callable[[], bool] | None = None,
+        found_corrupt: str | None = None,
     ) -> Buffer:
         """Open (create, migrate, or recover) the buffer file at ``path`` for writing.
 
         ``boot_id`` is stored with records stamped before clock sync (default: the kernel's).
         ``clock_synced`` says whether the buffer's own events (overflow, poison, corrupt) get a
         trusted stamp; by default they follow the ``ts_synced`` of the last appended record.
+        ``found_corrupt``: the file is known to be corrupt (found while running, see
+        :meth:`recover`): move it aside without looking at it again.
         """
         path = Path(path)
         mode = Durability(durability)
@@ -215,10 +218,12 @@ class Buffer(Eviction):
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
         path.parent.mkdir(parents=True, exist_ok=True)
         wal = path.with_name(path.name + "-wal")
-        error: str | None = None
+        error: str | None = found_corrupt
         conn: sqlite3.Connection | None = None
         reserve = path.with_name(path.name + "-reserve")
-        if not path.exists() and wal.exists():
+        if error is not None:
+            pass  # known corrupt (found while running): straight to moving it aside
+        elif not path.exists() and wal.exists():
             error = "a WAL file without its database"
         elif path.exists() and path.stat().st_size == 0 and reserve.exists():
             # The reserve says a buffer lived here: an empty file is one that lost its
@@ -371,6 +376,24 @@ class Buffer(Eviction):
         if not self._closed:
             self._closed = True
             self._conn.close()
+
+    def recover(self, error: str) -> Buffer:
+        """After SQLite found corruption while running: close this file, move it aside (never
+        deleted) and return a fresh buffer with a new epoch, as a corrupt file at start gets,
+        with its ``agent.buffer_corrupt`` event. This object is closed afterwards."""
+        with contextlib.suppress(sqlite3.Error):
+            self.close()
+        _log.error("buffer.corrupt_while_running", path=str(self.path), error=error)
+        return Buffer.open(
+            self.path,
+            max_bytes=self.max_bytes,
+            max_age_s=self.max_age_s,
+            durability=self.durability,
+            source=self.source,
+            boot_id=self.boot_id,
+            clock_synced=self._clock_synced,
+            found_corrupt=error,
+        )
 
     # ------------------------------------------------------------------ writing
 

@@ -552,7 +552,7 @@ async def test_a_hung_buffer_write_stops_the_pings(receiver: Receiver, tmp_path:
         async with asyncio.timeout(30):
             assert await receiver.next() == "WATCHDOG=1"
         # A write that hangs (the card stopped answering), on the buffer's own thread.
-        hung = asyncio.ensure_future(buffer._call(release.wait, 30))
+        hung = asyncio.ensure_future(buffer._call(lambda _b: release.wait(30)))
         await asyncio.sleep(0.05)
         receiver.drain()
         await asyncio.sleep(0.6)  # the event loop is free all along

@@ -186,6 +186,12 @@ def render_metrics(runtime: AgentView, probes: Probes) -> str:
     )
 
     buf = state.buffer
+    w.one(
+        "edge_agent_buffer_writable",
+        "gauge",
+        "1 while the buffer accepts records; 0 on a full disk, a read-only card, I/O errors.",
+        int(buf.last_error is None),
+    )
     w.one("edge_agent_buffer_records", "gauge", "Records waiting in the buffer.", buf.records)
     w.one("edge_agent_buffer_bytes", "gauge", "Bytes of records waiting in the buffer.", buf.bytes)
     w.one(
