@@ -55,6 +55,12 @@ DRIVERS: dict[str, DriverSpec] = {
             tools=(("scan", "drivers.modbus.tools:scan"), ("read", "drivers.modbus.tools:read")),
         ),
         DriverSpec(
+            "osdp",
+            "drivers.osdp.config:OsdpDevice",
+            "drivers.osdp.driver:OsdpDriver",
+            scope="bus",
+        ),
+        DriverSpec(
             "simulated",
             "drivers.simulated.config:SimulatedDevice",
             "drivers.simulated.driver:SimulatedDriver",

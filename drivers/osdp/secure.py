@@ -1,0 +1,157 @@
+"""The OSDP secure channel (SCS 0x11–0x18): session keys, cryptograms, the MAC chain and data
+encryption, on AES-128 from ``cryptography``. Pure functions and one small state object.
+
+Handshake: CP → ``CHLNG(RND.A)`` (SCB 0x11); PD → ``CCRYPT(cUID, RND.B, PD cryptogram)`` (0x12);
+CP → ``SCRYPT(CP cryptogram)`` (0x13); PD → ``RMAC_I`` (0x14). Then every frame carries a 4-byte
+MAC: commands chain on the previous reply's MAC (RMAC_I for the first), replies on the previous
+command's; data of SCB 0x17/0x18 is AES-CBC encrypted with S-ENC, IV = NOT(last MAC).
+
+Fail closed: a cryptogram or MAC that does not verify is :class:`SecureChannelError`, never a
+reason to carry on in plain text. RND.A comes from :mod:`secrets`; every comparison is
+:func:`hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = [
+    "SCBK_D",
+    "SecureChannelError",
+    "Session",
+    "SessionKeys",
+    "cp_cryptogram",
+    "derive_keys",
+    "mac",
+    "new_rnd_a",
+    "pd_cryptogram",
+    "rmac_i",
+]
+
+SCBK_D = bytes(range(0x30, 0x40))
+"""The default (install) key, ``30 31 … 3F``: public, so never used for anything but install."""
+BLOCK = 16
+
+
+class SecureChannelError(Exception):
+    """The secure channel failed: wrong key, a forged or replayed frame. ``reason`` for counts."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _ecb(key: bytes, block: bytes) -> bytes:
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - OSDP's KDF
+    return encryptor.update(block) + encryptor.finalize()
+
+
+def _cbc(key: bytes, iv: bytes, data: bytes, *, decrypt: bool = False) -> bytes:
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    worker = cipher.decryptor() if decrypt else cipher.encryptor()
+    return worker.update(data) + worker.finalize()
+
+
+def pad(data: bytes) -> bytes:
+    """``80 00…`` to a whole number of blocks (always at least the ``80``)."""
+    padded = data + b"\x80"
+    return padded + b"\x00" * (-len(padded) % BLOCK)
+
+
+def unpad(data: bytes) -> bytes:
+    end = data.rstrip(b"\x00")
+    if not end or end[-1] != 0x80:
+        raise SecureChannelError("padding", "encrypted data without its 80 00… padding")
+    return end[:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    enc: bytes
+    mac1: bytes
+    mac2: bytes
+
+
+def derive_keys(scbk: bytes, rnd_a: bytes) -> SessionKeys:
+    """S-ENC, S-MAC1, S-MAC2 from the reader's key and the CP's random number."""
+    if len(scbk) != BLOCK or len(rnd_a) != 8:
+        raise ValueError("SCBK is 16 bytes and RND.A 8")
+    tail = rnd_a[:6] + b"\x00" * 8
+    return SessionKeys(
+        enc=_ecb(scbk, b"\x01\x82" + tail),
+        mac1=_ecb(scbk, b"\x01\x01" + tail),
+        mac2=_ecb(scbk, b"\x01\x02" + tail),
+    )
+
+
+def pd_cryptogram(keys: SessionKeys, rnd_a: bytes, rnd_b: bytes) -> bytes:
+    return _ecb(keys.enc, rnd_a + rnd_b)
+
+
+def cp_cryptogram(keys: SessionKeys, rnd_a: bytes, rnd_b: bytes) -> bytes:
+    return _ecb(keys.enc, rnd_b + rnd_a)
+
+
+def rmac_i(keys: SessionKeys, cp_crypt: bytes) -> bytes:
+    """The initial reply MAC: the CP cryptogram encrypted with S-MAC1, then with S-MAC2."""
+    return _ecb(keys.mac2, _ecb(keys.mac1, cp_crypt))
+
+
+def mac(keys: SessionKeys, iv: bytes, message: bytes) -> bytes:
+    """The 16-byte MAC of ``message`` (SOM..DATA): AES-CBC with S-MAC1 over all blocks but the
+    last, S-MAC2 for the last, padded ``80 00…`` only when not a whole number of blocks."""
+    data = message if message and len(message) % BLOCK == 0 else pad(message)
+    chain = iv
+    for start in range(0, len(data) - BLOCK, BLOCK):
+        chain = _cbc(keys.mac1, chain, data[start : start + BLOCK])
+    return _cbc(keys.mac2, chain, data[-BLOCK:])
+
+
+def new_rnd_a() -> bytes:
+    return secrets.token_bytes(8)
+
+
+@dataclass(slots=True)
+class Session:
+    """One secure session between the CP and a reader, after the handshake verified."""
+
+    keys: SessionKeys
+    last_reply_mac: bytes
+    """Starts as RMAC_I."""
+    last_command_mac: bytes = field(default=b"")
+
+    def seal_command(self, header: bytes) -> bytes:
+        """The command's 4 MAC bytes; ``header`` is SOM..DATA (encrypted data included)."""
+        full = mac(self.keys, self.last_reply_mac, header)
+        self.last_command_mac = full
+        return full[:4]
+
+    def check_reply(self, header: bytes, got: bytes) -> None:
+        """Verify a reply's 4 MAC bytes (constant time); the chain moves on only if it holds."""
+        full = mac(self.keys, self.last_command_mac, header)
+        if len(got) != 4 or not hmac.compare_digest(full[:4], got):
+            raise SecureChannelError("mac", "the reply's MAC does not verify")
+        self.last_reply_mac = full
+
+    def encrypt_command(self, data: bytes) -> bytes:
+        iv = bytes(~b & 0xFF for b in self.last_reply_mac)
+        return _cbc(self.keys.enc, iv, pad(data))
+
+    def decrypt_reply(self, data: bytes) -> bytes:
+        if not data or len(data) % BLOCK:
+            raise SecureChannelError("length", "encrypted data is not whole AES blocks")
+        iv = bytes(~b & 0xFF for b in self.last_command_mac)
+        return unpad(_cbc(self.keys.enc, iv, data, decrypt=True))
+
+
+def verify_ccrypt(scbk: bytes, rnd_a: bytes, rnd_b: bytes, got: bytes) -> SessionKeys:
+    """The keys of a session whose PD cryptogram verified; else :class:`SecureChannelError`
+    (the reader does not have the key we have)."""
+    keys = derive_keys(scbk, rnd_a)
+    if not hmac.compare_digest(pd_cryptogram(keys, rnd_a, rnd_b), got):
+        raise SecureChannelError("cryptogram", "the reader's cryptogram does not verify: wrong key")
+    return keys
