@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceEntry", "Devices", "Unit"]
 
+UNIT_STOP_TIMEOUT_S = 5.0
+"""How long a stopping polled unit may finish its read before it is cancelled."""
+
 Supervise = Callable[[str, Callable[[], Awaitable[None]], Sequence[DeviceState]], Awaitable[None]]
 Spawn = Callable[[str, Awaitable[None]], "asyncio.Task[None]"]
 
@@ -325,7 +328,7 @@ class Devices:
 
         return body
 
-    async def _stop_unit(self, key: str, *, timeout_s: float = 5.0) -> None:
+    async def _stop_unit(self, key: str) -> None:
         unit = self.units.pop(key, None)
         if unit is None:
             return
@@ -333,17 +336,20 @@ class Devices:
             self.entries.pop(device.id, None)
         for poller in unit.pollers.values():
             poller.request_stop()
+        if not unit.pollers and unit.task is not None:
+            # A streaming driver runs until cancelled (the driver contract): waiting for it
+            # first added the whole timeout to every stop and reload of its unit.
+            unit.task.cancel()
         if unit.task is not None:
             # Let an in-flight read finish and hand its records over; then cancel.
-            done, _ = await asyncio.wait({unit.task}, timeout=timeout_s)
+            done, _ = await asyncio.wait({unit.task}, timeout=UNIT_STOP_TIMEOUT_S)
             if not done:
                 unit.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await unit.task
-        if unit.pollers:
-            for poller in unit.pollers.values():
-                await poller.stop()
-        elif unit.driver is not None:
+        for poller in unit.pollers.values():
+            await poller.stop()
+        if not unit.pollers and unit.driver is not None:
             with contextlib.suppress(Exception):
                 await unit.driver.stop()
 

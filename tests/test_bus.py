@@ -405,3 +405,19 @@ async def test_a_reload_restarts_only_the_drivers_whose_devices_changed(tmp_path
         assert runtime._devices.units["simulated:sim-1"].task is sim_task
     finally:
         await stop(runtime, task)
+
+
+@pytest.mark.usefixtures("test_drivers")
+async def test_a_streaming_driver_is_cancelled_at_stop_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The swarm driver's run() never returns by itself, as the contract allows ("until
+    # cancelled"). The core used to wait out its unit timeout at every stop: with a timeout
+    # longer than the test's wait, that stop would never finish in time.
+    import agent.devices
+
+    monkeypatch.setattr(agent.devices, "UNIT_STOP_TIMEOUT_S", 600.0)
+    devices = [{"id": "tag-1", "driver": "swarm", "tag": 1}]
+    runtime = Runtime(load_config(write_config(tmp_path, devices)), clock=Clock("always"))
+    task = await run_until(runtime, lambda: reads(runtime, "tag-1") >= 1, what="a record")
+    await stop(runtime, task)
