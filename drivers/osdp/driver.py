@@ -264,7 +264,9 @@ class OsdpDriver:
     ) -> Frame:
         """Send one command and return the reader's reply (MAC checked, data decrypted)."""
         config = reader.device
-        async with reader.lock:
+        # The bus first, then the reader: a command holds the bus (the core's hold) before it
+        # comes here, so the poll loop must not sit on the reader while it waits for the bus.
+        async with self.bus.hold(), reader.lock:
             for _ in range(tries):
                 request = self._seal(reader, code, data, scb)
                 try:
