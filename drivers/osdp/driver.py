@@ -222,7 +222,9 @@ class OsdpDriver:
             await self._handle(reader, first)
 
     async def _poll(self, reader: _Reader) -> None:
-        reply = await self._transact(reader, Cmd.POLL, b"")
+        # One try per round: after a timeout the next round resends with the same sequence
+        # number, and the other readers on the line get their turn in between.
+        reply = await self._transact(reader, Cmd.POLL, b"", tries=1)
         await self._handle(reader, reply)
 
     async def _offline(self, reader: _Reader, reason: str, message: str) -> None:
