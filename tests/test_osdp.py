@@ -435,3 +435,28 @@ async def test_through_the_agent_a_card_is_buffered_and_door_open_is_audited(
                 )
             [refused] = [e for e in events("agent.command") if e.data["id"] == "c-2"]
             assert refused.data["status"] == "failed"
+
+
+async def test_installing_a_key_is_explicit_and_then_the_secure_channel_uses_it(
+    tmp_path: Path, line: PtyPair, key_file: Path
+) -> None:
+    # A new reader still has the public install key (libosdp's PD without --scbk).
+    with pd(line.peer, 101, "--baud", "115200") as peer:
+        async with panel(tmp_path, line, [reader("door-1", 101, key_file)]) as cp:
+            # Never automatic: the configured key does not work, and nothing falls back.
+            await async_wait_until(lambda: cp.events("security.wrong_key"), what="the alarm")
+            assert not cp.events("reader.online")
+            assert not [m for m in peer.seen if m.get("command") == "keyset"]
+            result = await cp.driver.execute(
+                "reader.install_key", {"device": "door-1", "install_mode": True}
+            )
+            assert result == {"installed": True, "install_mode": True}
+            keyset = peer.wait(lambda m: m.get("command") == "keyset", what="KEYSET at the PD")
+            assert KEY in json.dumps(keyset).lower()
+            await async_wait_until(lambda: cp.events("reader.online"), what="online with the key")
+            assert cp.events("reader.online")[0].data["secure_channel"] is True
+            assert cp.events("security.key_installed")
+            # Re-keying without install mode needs a session: it has one now.
+            assert (await cp.driver.execute("reader.install_key", {"device": "door-1"}))[
+                "installed"
+            ]

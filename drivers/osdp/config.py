@@ -57,7 +57,7 @@ class OsdpDevice(StreamedDeviceConfig):
     door: Door | None = Door()
 
     bus_kinds: ClassVar[frozenset[str]] = frozenset({"serial"})
-    known_commands: ClassVar[frozenset[str]] = frozenset({"door.open", "reader.led", "reader.buzz"})
+    known_commands: ClassVar[frozenset[str]] = frozenset({"door.open", "reader.install_key"})
     address_key: ClassVar[str | None] = "address"
 
     @model_validator(mode="after")

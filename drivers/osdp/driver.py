@@ -47,6 +47,7 @@ from drivers.osdp.codec import (
 )
 from drivers.osdp.config import OsdpDevice
 from drivers.osdp.secure import (
+    SCBK_D,
     SecureChannelError,
     Session,
     cp_cryptogram,
@@ -381,21 +382,26 @@ class OsdpDriver:
 
     # ------------------------------------------------------------------ secure channel
 
-    async def _handshake(self, reader: _Reader) -> None:
-        assert reader.key is not None
+    async def _handshake(
+        self, reader: _Reader, key: bytes | None = None, key_type: int = _KEY_SCBK
+    ) -> None:
+        """CHLNG, CCRYPT, SCRYPT, RMAC_I with ``key`` (the reader's own by default; SCBK-D,
+        key type 0, only for an explicit key installation)."""
+        key = reader.key if key is None else key
+        assert key is not None
         rnd_a = new_rnd_a()
         ccrypt = await self._transact(
             reader,
             Cmd.CHLNG,
             rnd_a,
-            scb=bytes((3, Scb.SCS_11, _KEY_SCBK)),
+            scb=bytes((3, Scb.SCS_11, key_type)),
             expect=(Reply.CCRYPT,),
         )
         if len(ccrypt.data) != 32:
             raise _SecurityError("handshake", "CCRYPT of the wrong length")
         cuid, rnd_b, cryptogram = ccrypt.data[:8], ccrypt.data[8:16], ccrypt.data[16:32]
         try:
-            keys = verify_ccrypt(reader.key, rnd_a, rnd_b, cryptogram)
+            keys = verify_ccrypt(key, rnd_a, rnd_b, cryptogram)
         except SecureChannelError as exc:
             raise _SecurityError("wrong_key", str(exc)) from None
         if reader.cuid and cuid != reader.cuid:
@@ -413,7 +419,7 @@ class OsdpDriver:
             reader,
             Cmd.SCRYPT,
             cp_crypt,
-            scb=bytes((3, Scb.SCS_13, _KEY_SCBK)),
+            scb=bytes((3, Scb.SCS_13, key_type)),
             expect=(Reply.RMAC_I,),
         )
         expected = rmac_i(keys, cp_crypt)
@@ -564,12 +570,20 @@ class OsdpDriver:
                 "release the door's strike for `seconds` (bounded by door.max_open_s)",
                 _validate_open,
             ),
+            CommandSpec(
+                "reader.install_key",
+                "give the reader key_file's key (KEYSET inside a secure channel); "
+                "install_mode=true: a new reader that still has the public install key",
+                _validate_install,
+            ),
         )
 
     async def execute(self, action: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
         reader = self.readers.get(str(args.get("device")))
         if reader is None:
             raise CommandError("unknown_device", f"no reader {args.get('device')!r} on this line")
+        if action == "reader.install_key":
+            return await self._install_key(reader, install_mode=bool(args.get("install_mode")))
         if action != "door.open":
             raise CommandError("unknown_action", f"OSDP readers do not know {action!r}")
         door = reader.device.door
@@ -597,6 +611,51 @@ class OsdpDriver:
             "secure_channel": reader.session is not None,
         }
 
+    async def _install_key(self, reader: _Reader, *, install_mode: bool) -> Mapping[str, Any]:
+        """KEYSET with the configured key_file's key, inside a secure channel: the reader's
+        current session, or (``install_mode``, asked for explicitly each time) one opened now
+        with the public install key SCBK-D. Never automatic; the core audits who asked."""
+        config = reader.device
+        if config.secure_channel == "off" or config.key_file is None:
+            raise CommandError("no_key", f"{config.id} has secure_channel: off")
+        reader.key = None
+        if not self._load_key(reader):
+            raise CommandError("key_unreadable", f"cannot read {config.key_file}")
+        assert reader.key is not None
+        new_key = reader.key
+        # The poll loop leaves an offline reader alone meanwhile (it would reconnect it).
+        reader.retry_at = time.monotonic() + 60
+        try:
+            if install_mode:
+                reader.seq = 0
+                reader.session = None
+                await self._handshake(reader, SCBK_D, key_type=0x00)
+            elif reader.session is None:
+                raise CommandError(
+                    "no_session",
+                    f"{config.id} has no secure channel to send the key in: "
+                    "install_mode=true for a reader that still has the install key",
+                )
+            await self._transact(
+                reader, Cmd.KEYSET, bytes((0x01, len(new_key))) + new_key, expect=(Reply.ACK,)
+            )
+        except _SecurityError as exc:
+            await self._security(reader, exc.kind, str(exc))
+            raise CommandError(f"security_{exc.kind}", str(exc)) from None
+        except DeviceError as exc:
+            reader.retry_at = 0.0
+            raise CommandError(exc.reason, str(exc)) from None
+        # Connect again, now with the new key.
+        reader.session = None
+        reader.online = False
+        reader.seq = 0
+        reader.retry_at = 0.0
+        self.ctx.log.warning("osdp.key_installed", device=config.id, install_mode=install_mode)
+        await self._emit(
+            reader, "security.key_installed", Severity.WARNING, install_mode=install_mode
+        )
+        return {"installed": True, "install_mode": install_mode}
+
     # ------------------------------------------------------------------ inventory, counters
 
     def device_inventory(self) -> Mapping[str, Mapping[str, str]]:
@@ -621,6 +680,15 @@ def _validate_open(args: Mapping[str, Any]) -> Mapping[str, Any]:
     if unknown:
         raise CommandError("bad_args", f"unknown arguments: {', '.join(sorted(unknown))}")
     return {k: v for k, v in args.items() if k != "door"}
+
+
+def _validate_install(args: Mapping[str, Any]) -> Mapping[str, Any]:
+    unknown = set(args) - {"install_mode", "device"}
+    if unknown:
+        raise CommandError("bad_args", f"unknown arguments: {', '.join(sorted(unknown))}")
+    if not isinstance(args.get("install_mode", False), bool):
+        raise CommandError("bad_args", "install_mode is true or false")
+    return args
 
 
 def _has_secure_channel(pdcap: bytes) -> bool:
