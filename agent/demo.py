@@ -9,12 +9,15 @@ it. It prints where to look and stops cleanly on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
 import shutil
 import sys
 import tempfile
+import tty
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +29,8 @@ EX_UNAVAILABLE = 69
 __all__ = ["run_demo", "write_demo_config"]
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+GATE = "gate-north"
+"""The demo's OSDP gate reader: a simulated reader on a pty pair, a card every 15 s."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -46,11 +51,38 @@ def _write_keys(state: Path, gateway_id: str) -> Path:
 
 
 def write_demo_config(
-    state: Path, platform_port: int, *, web_listen: str, password_hash: str
+    state: Path,
+    platform_port: int,
+    *,
+    web_listen: str,
+    password_hash: str,
+    gate_port: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The demo config with the state folder's buffer, key files, the platform's port and a
-    one-time technician login for the diagnostic page."""
+    one-time technician login for the diagnostic page; with ``gate_port`` (one end of a pty
+    pair), an OSDP gate reader on it, in a secure channel with a fresh key."""
     config: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    if gate_port is not None:
+        key_file = state / "gate-north.key"
+        if not key_file.exists():
+            _write_private(key_file, secrets.token_hex(16) + "\n")
+        config["buses"] = [
+            *config.get("buses", []),
+            {"id": "rs485-gate", "serial": {"port": gate_port, "baud": 9600}},
+        ]
+        config["devices"].append(
+            {
+                "id": GATE,
+                "driver": "osdp",
+                "name": "北门 门禁读卡器 (模拟)",
+                "bus": "rs485-gate",
+                "address": 1,
+                "key_file": str(key_file),
+                "location": {"building": "1", "floor": 1},
+                "door": {"output": 0, "contact_input": 0, "held_open_s": 20},
+                "commands": ["door.open"],
+            }
+        )
     gateway_id = config["gateway"]["id"]
     config["buffer"] = {**config.get("buffer", {}), "path": str(state / "buffer.db")}
     config["control"] = {"socket": str(state / "control.sock")}
@@ -78,6 +110,7 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
     from agent.app import App  # noqa: PLC0415
     from agent.config.loader import load_config  # noqa: PLC0415
     from agent.web import hash_password  # noqa: PLC0415
+    from drivers import load_peer  # noqa: PLC0415
     from reference_platform import (  # noqa: PLC0415
         build_app,
         load_command_key,
@@ -105,17 +138,32 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
             file=sys.stderr,
         )
         return EX_UNAVAILABLE
+    # The gate reader's line: a pty pair made here (no socat needed), the simulated reader on
+    # one end, the agent's serial bus on the other.
+    master, slave = os.openpty()
+    for fd in (master, slave):
+        tty.setraw(fd)
+    gate: asyncio.Task[None] | None = None
     try:
         # A one-time password: printed once, never stored in clear, gone with the demo.
         password = secrets.token_urlsafe(9)
         config_path, _ = write_demo_config(
-            state, port, web_listen=web_listen, password_hash=hash_password(password)
+            state,
+            port,
+            web_listen=web_listen,
+            password_hash=hash_password(password),
+            gate_port=os.ttyname(slave),
         )
-        agent_app = App(load_config(config_path), config_path=config_path, loader=load_config)
+        config = load_config(config_path)
+        [gate_device] = [d for d in config.devices if d.id == GATE]
+        serve = load_peer(gate_device.driver)
+        assert serve is not None, "the gate's driver family has a simulated device"
+        gate = asyncio.create_task(_run(serve(master, gate_device)), name="demo-gate")
+        agent_app = App(config, config_path=config_path, loader=load_config)
         await agent_app.start()
         base = f"http://127.0.0.1:{port}"
         auth = f'-H "Authorization: Bearer {admin_token}"'
-        door_command = "door-b3-unit1 output.set on=true"
+        door_command = f"{GATE} door.open seconds=5"
         exe = _edge_agent()
         page = (
             agent_app.web.urls[0]
@@ -134,7 +182,7 @@ edge-agent demo: simulated devices -> durable buffer -> reference platform
   gateways        curl -s {auth} {base}/v1/gateways
   inventory       curl -s {auth} {base}/v1/gateways/{gateway_id}/inventory
   a command       curl -s {auth} -X POST {base}/v1/gateways/{gateway_id}/commands \\
-                    -d '{{"device":"door-b3-unit1","action":"output.set","args":{{"on":true}}}}'
+                    -d '{{"device":"{GATE}","action":"door.open","args":{{"seconds":5}}}}'
   its result      curl -s {auth} {base}/v1/gateways/{gateway_id}/commands/<"id" from the answer>
   on site         {exe} command --socket {state / "control.sock"} {door_command}
   the buffer      {exe} buffer stats --path {state / "buffer.db"}
@@ -146,7 +194,18 @@ Ctrl-C stops the demo cleanly.
         )
         return await agent_app.run(started=True)
     finally:
+        if gate is not None:
+            gate.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gate
+        for fd in (master, slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         await runner.cleanup()
+
+
+async def _run(peer: Awaitable[None]) -> None:
+    await peer
 
 
 def _edge_agent() -> str:

@@ -8,7 +8,7 @@ device of that driver runs. See ``drivers/README.md`` for what a driver is and h
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +18,15 @@ if TYPE_CHECKING:
     from agent.config.models import DeviceConfig
     from agent.driver import BusTool
 
-__all__ = ["DRIVERS", "DriverSpec", "bus_tool", "config_model", "driver_class", "load_cli"]
+__all__ = [
+    "DRIVERS",
+    "DriverSpec",
+    "bus_tool",
+    "config_model",
+    "driver_class",
+    "load_cli",
+    "load_peer",
+]
 
 Scope = Literal["device", "bus"]
 
@@ -41,6 +49,10 @@ class DriverSpec:
     tools: tuple[tuple[str, str], ...] = ()
     """``(name, module:function)`` of its :class:`agent.driver.BusTool` s: ``scan`` (discovery),
     ``read``. The control socket runs them on the agent's own bus."""
+    peer: str | None = None
+    """``module:function(fd, device)``: a simulated device of the family answering on one end
+    of a pty pair (its coroutine runs until cancelled). The demo puts one behind each of its
+    devices on a ``pty`` line."""
 
 
 DRIVERS: dict[str, DriverSpec] = {
@@ -59,6 +71,8 @@ DRIVERS: dict[str, DriverSpec] = {
             "drivers.osdp.config:OsdpDevice",
             "drivers.osdp.driver:OsdpDriver",
             scope="bus",
+            cli="drivers.osdp.cli:add_commands",
+            peer="drivers.osdp.simulator:serve_device",
         ),
         DriverSpec(
             "simulated",
@@ -114,3 +128,12 @@ def bus_tool(name: str, tool: str) -> BusTool:
         hint = f" (install community-edge-agent[{spec.extra}])" if spec.extra else ""
         raise ImportError(f"driver {name!r} cannot be loaded: {exc}{hint}") from exc
     return found
+
+
+def load_peer(name: str) -> Callable[[int, DeviceConfig], Awaitable[None]] | None:
+    """The family's simulated device (:attr:`DriverSpec.peer`), or None."""
+    ref = DRIVERS[name].peer
+    if ref is None:
+        return None
+    peer: Callable[[int, DeviceConfig], Awaitable[None]] = _load(ref)
+    return peer

@@ -32,6 +32,7 @@ HELPED = [
     ["web", "make-cert"],
     ["scan", "modbus"],
     ["read", "modbus"],
+    ["simulate", "osdp"],
     ["reference-platform"],
 ]
 

@@ -99,6 +99,38 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
             what="simulated readings at the reference platform",
         )
         assert all(r["kind"] in ("reading", "event", "status") for r in records)
+        # The OSDP gate reader (a simulated reader on the demo's own pty pair, secure channel):
+        # its card swipes arrive, and the banner's on-site door command opens its door.
+        gate = wait_for(
+            lambda: (
+                {x.get("type") for x in stored() if x["device"] == "gate-north"}
+                >= {"reader.online", "access.card"}
+            ),
+            timeout_s=60,
+            what="the gate's swipes at the platform",
+        )
+        assert gate
+        on_site = re.search(r"on site\s+(.+)$", banner, re.MULTILINE)
+        assert on_site is not None
+        command = on_site.group(1).split()
+        assert command[-3:] == ["gate-north", "door.open", "seconds=5"]
+        run = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *command[1:]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert json.loads(run.stdout)["result"]["secure_channel"] is True
+        wait_for(
+            lambda: any(
+                x.get("type") == "door.opened" and x["device"] == "gate-north" for x in stored()
+            ),
+            timeout_s=60,
+            what="the gate's door to open",
+        )
 
         async with WebClient(page.rstrip("/")) as client:
             assert (await client.try_login("demo", "wrong password")).status != 303

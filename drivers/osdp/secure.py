@@ -155,3 +155,34 @@ def verify_ccrypt(scbk: bytes, rnd_a: bytes, rnd_b: bytes, got: bytes) -> Sessio
     if not hmac.compare_digest(pd_cryptogram(keys, rnd_a, rnd_b), got):
         raise SecureChannelError("cryptogram", "the reader's cryptogram does not verify: wrong key")
     return keys
+
+
+@dataclass(slots=True)
+class PdSession:
+    """The reader's half of a session (the simulator's): it checks commands and seals replies."""
+
+    keys: SessionKeys
+    last_reply_mac: bytes
+    """Starts as RMAC_I."""
+    last_command_mac: bytes = field(default=b"")
+
+    def check_command(self, header: bytes, got: bytes) -> None:
+        full = mac(self.keys, self.last_reply_mac, header)
+        if len(got) != 4 or not hmac.compare_digest(full[:4], got):
+            raise SecureChannelError("mac", "the command's MAC does not verify")
+        self.last_command_mac = full
+
+    def seal_reply(self, header: bytes) -> bytes:
+        full = mac(self.keys, self.last_command_mac, header)
+        self.last_reply_mac = full
+        return full[:4]
+
+    def decrypt_command(self, data: bytes) -> bytes:
+        if not data or len(data) % BLOCK:
+            raise SecureChannelError("length", "encrypted data is not whole AES blocks")
+        iv = bytes(~b & 0xFF for b in self.last_reply_mac)
+        return unpad(_cbc(self.keys.enc, iv, data, decrypt=True))
+
+    def encrypt_reply(self, data: bytes) -> bytes:
+        iv = bytes(~b & 0xFF for b in self.last_command_mac)
+        return _cbc(self.keys.enc, iv, pad(data))
