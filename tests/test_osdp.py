@@ -355,6 +355,12 @@ async def test_door_contact_and_tamper_from_the_reader(
             peer.send({"input": 0, "state": 1})  # opened within the grant
             await async_wait_until(lambda: cp.events("door.opened"), what="opened")
             assert len(cp.events("door.forced_open")) == 1
+            door_open = [
+                r.value
+                for r in cp.bench.records
+                if getattr(r, "point", None) == "door_open" and r.device == "door-1"
+            ]
+            assert door_open == [False, True, False, True]
             peer.send({"tamper": 1})
             await async_wait_until(lambda: cp.events("reader.tamper"), what="tamper")
             assert cp.events("reader.tamper")[0].data["active"] is True

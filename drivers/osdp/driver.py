@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from agent.bus import Priority, ReplyTimeoutError, SerialLine, priority
 from agent.driver import CommandError, CommandSpec, DeviceError, DriverContext
-from agent.records import Event, Severity
+from agent.records import Event, Reading, Severity
 from drivers.osdp.codec import (
     MAX_FRAME,
     MIN_FRAME,
@@ -219,6 +219,7 @@ class OsdpDriver:
             secure_channel=reader.session is not None,
             **reader.identity,
         )
+        await self._state(reader, "secure_channel", reader.session is not None)
         if first is not None:
             await self._handle(reader, first)
 
@@ -508,6 +509,8 @@ class OsdpDriver:
         state = reader.door
         first = state.open is None
         state.open = is_open
+        # The door's state as a point too: the page shows its last value, the platform its log.
+        await self._state(reader, "door_open", is_open)
         if first and not is_open:
             return
         if is_open:
@@ -544,6 +547,12 @@ class OsdpDriver:
                     data=data,
                 )
             ]
+        )
+
+    async def _state(self, reader: _Reader, point: str, value: bool) -> None:
+        ts, synced = self.ctx.stamp()
+        await self.ctx.sink(
+            [Reading(device=reader.device.id, ts=ts, ts_synced=synced, point=point, value=value)]
         )
 
     async def _emit(self, reader: _Reader, type_: str, severity: Severity, /, **data: Any) -> None:
