@@ -208,6 +208,11 @@ async def test_secure_channel_card_and_door_open(
             assert result["secure_channel"] is True
             out = peer.wait(lambda m: m.get("command") == "output", what="OUT at the PD")
             assert out["timer_count"] == 30
+            # Feedback at the reader: green for the open time, one beep.
+            assert result["feedback"] is True
+            led = peer.wait(lambda m: m.get("command") == "led", what="LED at the PD")
+            assert (led["temporary"], led["on_color"], led["timer_count"]) == (True, 2, 30)
+            peer.wait(lambda m: m.get("command") == "buzzer", what="BUZ at the PD")
             assert not cp.events("security.mac_failure")
 
 

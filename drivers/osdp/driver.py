@@ -613,12 +613,30 @@ class OsdpDriver:
             raise CommandError(f"security_{exc.kind}", str(exc)) from None
         except DeviceError as exc:
             raise CommandError(exc.reason, str(exc)) from None
+        feedback = await self._feedback(reader, seconds)
         return {
             "output": door.output,
             "seconds": seconds,
             "reply": "ack" if reply.code == Reply.ACK else "ostatr",
             "secure_channel": reader.session is not None,
+            "feedback": feedback,
         }
+
+    async def _feedback(self, reader: _Reader, seconds: int) -> bool:
+        """Green LED for the open time and one short beep at the reader; best effort (the door
+        is already released): False when the reader refused either."""
+        timer = seconds * 10
+        # LED record: reader, LED; temporary: set-and-start (2), on/off 100 ms units, green on,
+        # black off, timer; permanent: no change (0).
+        led = bytes((0, 0, 2, 5, 0, 2, 0, timer & 0xFF, timer >> 8, 0, 0, 0, 0, 0))
+        beep = bytes((0, 2, 1, 1, 1))  # reader, default tone, 100 ms on, 100 ms off, once
+        try:
+            await self._transact(reader, Cmd.LED, led, expect=(Reply.ACK,), tries=1)
+            await self._transact(reader, Cmd.BUZ, beep, expect=(Reply.ACK,), tries=1)
+        except DeviceError as exc:
+            reader.counters[f"feedback_{exc.reason}"] += 1
+            return False
+        return True
 
     async def _install_key(self, reader: _Reader, *, install_mode: bool) -> Mapping[str, Any]:
         """KEYSET with the configured key_file's key, inside a secure channel: the reader's
