@@ -308,8 +308,8 @@ async def test_door_opened_forced_closed_and_held(tmp_path: Path) -> None:
     assert bench.records[-1].severity.value == "alarm"
     await driver._inputs(reader, bytes([1, 0]))  # no change, no event
     await asyncio.sleep(0.06)
-    driver._door_timers(reader)
-    driver._door_timers(reader)
+    await driver._door_timers(reader)
+    await driver._door_timers(reader)
     assert _types(bench) == ["door.forced_open", "door.held_open"]  # once per opening
     await driver._inputs(reader, bytes([0, 0]))
     assert _types(bench)[-1] == "door.closed"

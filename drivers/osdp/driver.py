@@ -185,7 +185,7 @@ class OsdpDriver:
                 await self._offline(reader, exc.reason, str(exc))
             elif not reader.online:
                 reader.retry_at = time.monotonic() + 1.0
-        self._door_timers(reader)
+        await self._door_timers(reader)
 
     async def _connect(self, reader: _Reader) -> None:
         config = reader.device
@@ -526,28 +526,13 @@ class OsdpDriver:
                 reader, "door.closed", Severity.INFO, open_s=round(now - state.opened_at, 1)
             )
 
-    def _door_timers(self, reader: _Reader) -> None:
+    async def _door_timers(self, reader: _Reader) -> None:
         door, state = reader.device.door, reader.door
         if door is None or not state.open or state.held_reported:
             return
         if time.monotonic() - state.opened_at >= door.held_open_s:
             state.held_reported = True
-            self._emit_soon(reader, "door.held_open", Severity.WARNING, after_s=door.held_open_s)
-
-    def _emit_soon(self, reader: _Reader, type_: str, severity: Severity, /, **data: Any) -> None:
-        ts, synced = self.ctx.stamp()
-        self.ctx.push(
-            [
-                Event(
-                    device=reader.device.id,
-                    ts=ts,
-                    ts_synced=synced,
-                    type=type_,
-                    severity=severity,
-                    data=data,
-                )
-            ]
-        )
+            await self._emit(reader, "door.held_open", Severity.WARNING, after_s=door.held_open_s)
 
     async def _state(self, reader: _Reader, point: str, value: bool) -> None:
         ts, synced = self.ctx.stamp()
