@@ -479,3 +479,30 @@ async def test_installing_a_key_is_explicit_and_then_the_secure_channel_uses_it(
             assert (await cp.driver.execute("reader.install_key", {"device": "door-1"}))[
                 "installed"
             ]
+
+
+async def test_a_reader_that_never_answers_is_down_once(tmp_path: Path, line: PtyPair) -> None:
+    device = reader("door-1", 101, None, offline_after_s=0.5)
+    async with panel(tmp_path, line, [device]) as cp:
+        await async_wait_until(
+            lambda: cp.bench.health.get("door-1", ("",))[0] == "down", what="down"
+        )
+        assert not cp.events("reader.offline"), "it was never online"
+
+
+async def test_a_vanished_port_is_the_bus_s_failure_not_the_reader_s(
+    tmp_path: Path, line: PtyPair, key_file: Path
+) -> None:
+    device = reader("door-1", 101, key_file, offline_after_s=0.5)
+    async with panel(tmp_path, line, [device]) as cp:
+        with pd(line.peer, 101, "--scbk", KEY, "--baud", "115200"):
+            await async_wait_until(lambda: cp.events("reader.online"), what="reader.online")
+            line.kill()  # the USB adapter is pulled
+            await async_wait_until(lambda: cp.bench.events("bus.link_down"), what="link down")
+            await asyncio.sleep(1.0)
+            assert not cp.events("reader.offline"), "the bus is the cause, not the reader"
+        line.start()  # plugged back in
+        with pd(line.peer, 101, "--scbk", KEY, "--baud", "115200"):
+            await async_wait_until(
+                lambda: len(cp.events("reader.online")) == 2, timeout_s=20, what="online again"
+            )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from agent.bus import Priority, ReplyTimeoutError, SerialLine, priority
-from agent.driver import CommandError, CommandSpec, DeviceError, DriverContext
+from agent.driver import BusError, CommandError, CommandSpec, DeviceError, DriverContext
 from agent.records import Event, Reading, Severity
 from drivers.osdp.codec import (
     MAX_FRAME,
@@ -180,6 +180,14 @@ class OsdpDriver:
                 await self._poll(reader)
         except _SecurityError as exc:
             await self._security(reader, exc.kind, str(exc))
+        except BusError:
+            # The line itself failed: the core reports the bus (its readers are unknown, one
+            # bus.link_down), not each reader. Connect again from 0 once it is back.
+            reader.online = False
+            reader.session = None
+            reader.seq = 0
+            reader.last_valid = time.monotonic()
+            reader.retry_at = time.monotonic() + 1.0
         except DeviceError as exc:
             if time.monotonic() - reader.last_valid >= reader.device.offline_after_s:
                 await self._offline(reader, exc.reason, str(exc))
@@ -236,9 +244,10 @@ class OsdpDriver:
         reader.seq = 0
         reader.retry_at = time.monotonic() + 1.0
         reader.last_valid = time.monotonic()  # the next offline report after another period
+        # Down also when it never answered since the start: the platform hears it once.
+        self.ctx.health.down(reader.device.id, reason, message)
         if was_online:
             reader.counters["offline"] += 1
-            self.ctx.health.down(reader.device.id, reason, message)
             await self._emit(reader, "reader.offline", Severity.WARNING, reason=reason)
 
     async def _security(self, reader: _Reader, kind: str, message: str) -> None:
