@@ -506,3 +506,28 @@ async def test_a_vanished_port_is_the_bus_s_failure_not_the_reader_s(
             await async_wait_until(
                 lambda: len(cp.events("reader.online")) == 2, timeout_s=20, what="online again"
             )
+
+
+async def test_keypad_and_a_swapped_reader(tmp_path: Path, line: PtyPair, key_file: Path) -> None:
+    device = reader("door-1", 101, key_file, offline_after_s=0.5, card_format="facility_card")
+    async with panel(tmp_path, line, [device]) as cp:
+        with pd(
+            line.peer, 101, "--scbk", KEY, "--baud", "115200", "--serial", "0x01020304"
+        ) as peer:
+            await async_wait_until(lambda: cp.events("reader.online"), what="reader.online")
+            peer.send({"keypad": "1234"})
+            await async_wait_until(lambda: cp.events("access.keypad"), what="keys")
+            assert cp.events("access.keypad")[0].data["keys"] == "1234"
+            peer.send({"card": "7b11d780", "bits": 26, "format": "wiegand"})
+            await async_wait_until(lambda: cp.events("access.card"), what="a card")
+            assert cp.events("access.card")[0].data["card_number"] == "246-09135"
+        await async_wait_until(lambda: cp.events("reader.offline"), what="offline")
+        # Another reader at the same address, with the same key but another serial number.
+        with pd(line.peer, 101, "--scbk", KEY, "--baud", "115200", "--serial", "0x0A0B0C0D"):
+            await async_wait_until(
+                lambda: cp.events("security.identity_changed"), what="the swap noticed"
+            )
+            [swap] = [
+                e for e in cp.events("security.identity_changed") if e.data["what"] == "serial"
+            ]
+            assert (swap.data["was"], swap.data["now"]) == ("01020304", "0A0B0C0D")
