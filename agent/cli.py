@@ -390,12 +390,12 @@ def build_parser(*, driver_tools: bool = True) -> argparse.ArgumentParser:
     # Installer tools of each driver family (`scan modbus`, `read modbus`), found through the
     # registry; building the parser imports no protocol library.
     if driver_tools:
-        from agent.tools import agent_runner  # noqa: PLC0415
+        from agent.tools import agent_command, agent_runner  # noqa: PLC0415
         from drivers import DRIVERS, load_cli  # noqa: PLC0415
 
         for name, spec in DRIVERS.items():
             if spec.cli is not None:
-                load_cli(name)(sub, agent_runner)
+                load_cli(name)(sub, agent_runner, agent_command)
 
     ref = sub.add_parser(
         "reference-platform",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from agent.bus import BusHandle
     from agent.config.models import Bus
 
-__all__ = ["DEFAULT_CONFIG", "agent_runner", "run_on_own_bus"]
+__all__ = ["DEFAULT_CONFIG", "agent_command", "agent_runner", "run_on_own_bus"]
 
 DEFAULT_CONFIG: Final = Path("/etc/edge-agent/agent.yaml")
 """Where the package and the systemd unit keep the config: every command's ``--config`` default."""
@@ -86,6 +86,22 @@ def agent_runner(
     from agent.driver.testing import run_tool_locally  # noqa: PLC0415
 
     return run_tool_locally(driver, tool, bus, options)
+
+
+def agent_command(
+    device: str, action: str, args: Mapping[str, Any], ns: argparse.Namespace
+) -> Mapping[str, Any]:
+    """Run a device command through the running agent (its control socket, found from
+    ``--config``/``--socket`` in ``ns``), audited like any other; the agent's answer. Raises
+    :class:`CommandError` (``no_agent``) when no agent answers: a family's command aliases
+    (``edge-agent osdp install-key``) never act on the line behind the agent's back."""
+    path = _control_socket(ns)
+    answer = None
+    if path is not None and path.exists():
+        answer = _ask_agent(path, {"device": device, "action": action, "args": dict(args)})
+    if answer is None:
+        raise CommandError("no_agent", f"no agent answers at {path or DEFAULT_CONFIG}")
+    return answer
 
 
 async def run_on_own_bus(

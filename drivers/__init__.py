@@ -102,8 +102,10 @@ def driver_class(name: str) -> type[Any]:
         raise ImportError(f"driver {name!r} cannot be loaded: {exc}{hint}") from exc
 
 
-AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", Any], None]
-"""``add_commands(subparsers, runner)``: a driver family's installer commands."""
+AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", Any, Any], None]
+"""``add_commands(subparsers, runner, command)``: a driver family's installer commands.
+``runner`` runs a bus tool through the agent or locally (:func:`agent.tools.agent_runner`);
+``command`` runs a device command through the agent (:func:`agent.tools.agent_command`)."""
 
 
 def load_cli(name: str) -> AddCommands:

@@ -33,6 +33,7 @@ HELPED = [
     ["scan", "modbus"],
     ["read", "modbus"],
     ["simulate", "osdp"],
+    ["osdp", "install-key"],
     ["reference-platform"],
 ]
 

@@ -531,3 +531,38 @@ async def test_keypad_and_a_swapped_reader(tmp_path: Path, line: PtyPair, key_fi
                 e for e in cp.events("security.identity_changed") if e.data["what"] == "serial"
             ]
             assert (swap.data["was"], swap.data["now"]) == ("01020304", "0A0B0C0D")
+
+
+async def test_edge_agent_osdp_install_key_goes_through_the_agent_and_is_audited(
+    tmp_path: Path, line: PtyPair, key_file: Path
+) -> None:
+    from agent_proc import ROOT
+    from test_web_support import running_agent
+
+    devices = [reader("door-1", 101, key_file, commands=["door.open", "reader.install_key"])]
+    buses = [{"id": "rs485-door", "serial": {"port": str(line.agent), "baud": 115200}}]
+    with pd(line.peer, 101, "--baud", "115200"):  # a new reader: the install key only
+        async with running_agent(
+            tmp_path / "agent", devices, buses=buses, ready=lambda rt: True
+        ) as runtime:
+
+            def events(type_: str) -> list[Any]:
+                return [e for e in runtime.state.recent_events if getattr(e, "type", "") == type_]
+
+            await async_wait_until(lambda: events("security.wrong_key"), what="refused at first")
+            socket_path = runtime.control_path(runtime.config)
+            cli = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "agent.cli", "osdp", "install-key", "door-1"),
+                *("--install-mode", "--socket", str(socket_path)),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(cli.communicate(), 60)
+            assert cli.returncode == 0, (out, err)
+            assert json.loads(out)["result"]["installed"] is True
+            await async_wait_until(lambda: events("reader.online"), what="online with its key")
+            [audit] = [
+                e for e in events("agent.command") if e.data["action"] == "reader.install_key"
+            ]
+            assert (audit.data["status"], audit.data["source"]) == ("ok", "local")

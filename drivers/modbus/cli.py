@@ -109,9 +109,12 @@ def _line_arguments(parser: argparse.ArgumentParser) -> None:
 def add_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     runner: ToolRunner | None = None,
+    command: Any = None,
 ) -> None:
     """Add ``scan modbus`` and ``read modbus`` to the ``edge-agent`` command line. Without a
-    ``runner`` the tools always open the port themselves (:func:`run_locally`)."""
+    ``runner`` the tools always open the port themselves (:func:`run_locally`). Modbus has no
+    command aliases (``command``: the core's way to run a device command through the agent)."""
+    del command
     run_tool = runner or run_locally
     scan = _protocols(subparsers, "scan", "find the devices on a bus (installer tool)")
     read = _protocols(subparsers, "read", "one-off read of a device (commissioning)")

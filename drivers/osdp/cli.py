@@ -54,11 +54,52 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_key(args: argparse.Namespace, command: Any) -> int:
+    import json  # noqa: PLC0415
+
+    from agent.driver import CommandError  # noqa: PLC0415
+
+    try:
+        answer = command(
+            args.device, "reader.install_key", {"install_mode": args.install_mode}, args
+        )
+    except CommandError as exc:
+        print(f"{exc.reason}: {exc} (is the agent running?)", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, ensure_ascii=False, indent=2))
+    return 0 if answer.get("status") == "ok" else 1
+
+
 def add_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], runner: Any = None
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    runner: Any = None,
+    command: Any = None,
 ) -> None:
-    """Add ``simulate osdp`` to the ``edge-agent`` parser."""
+    """Add ``simulate osdp`` and ``osdp install-key`` to the ``edge-agent`` parser;
+    ``command`` runs a device command through the running agent (audited there)."""
     del runner  # the simulator is a peer of the agent, not a tool on its line
+    if command is not None:
+        osdp = subparsers.add_parser("osdp", help="OSDP readers: install a reader's key")
+        actions = osdp.add_subparsers(dest="osdp_command", required=True, metavar="ACTION")
+        key = actions.add_parser(
+            "install-key",
+            help="give a reader its key_file's key (explicit, audited)",
+            description="Through the running agent: send KEYSET with the reader's configured "
+            "key_file inside a secure channel, the reader's current one or, with "
+            "--install-mode, one opened for this command only with the public install key "
+            "(a new reader). The device must allow reader.install_key in its commands. Exit "
+            "codes: 0 installed, 1 refused or failed (the answer says why), 2 no agent.",
+        )
+        key.add_argument("device", help="the reader's device id")
+        key.add_argument(
+            "--install-mode",
+            action="store_true",
+            help="the reader still has the install key (SCBK-D)",
+        )
+        where = key.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="PATH", help="find the agent from this config")
+        where.add_argument("--socket", help="the agent's control socket")
+        key.set_defaults(func=lambda ns: _install_key(ns, command))
     parent = subparsers.choices.get("simulate")
     if parent is None:
         parent = subparsers.add_parser(
