@@ -425,3 +425,31 @@ async def test_a_failed_bus_is_shown_as_the_cause_of_its_devices(tmp_path: Path)
     records = buffer_records(tmp_path / "buffer.db")
     assert [r["data"]["bus"] for r in records if r.get("type") == "bus.link_down"] == ["rs485-1"]
     assert not [r for r in records if r["kind"] == "status" and r["device"] in ("m1", "m2")]
+
+
+async def test_doors_are_listed_with_their_state_and_link(tmp_path: Path) -> None:
+    devices = [
+        sim_device(
+            "gate",
+            name="北门",
+            kind="access_controller",
+            points=[
+                {"name": "door_open", "kind": "constant", "value": True},
+                {"name": "secure_channel", "kind": "constant", "value": False},
+            ],
+        ),
+        sim_device("meter"),
+    ]
+    async with running_agent(tmp_path, devices) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login()
+        status = await client.api("/api/status")
+        [door] = status["doors"]
+        assert (door["id"], door["name"], door["open"], door["secure_channel"]) == (
+            "gate",
+            "北门",
+            True,
+            False,
+        )
+        assert door["since_ms"] > 0
+        page = await (await client.get("/")).text()
+        assert 'id="doors-panel"' in page

@@ -69,6 +69,18 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProce
         )
         for room in (101, 102, 201, 202)
     ]
+    devices.append(
+        sim_device(
+            "gate-north",
+            name="北门",
+            kind="access_controller",
+            interval_s=2,
+            points=[
+                {"name": "door_open", "kind": "constant", "value": True},
+                {"name": "secure_channel", "kind": "constant", "value": True},
+            ],
+        )
+    )
     path = write_config(
         directory,
         devices,
@@ -348,7 +360,7 @@ async def test_devices_search_and_config_pages(
     page = await login(context, url, "view", VIEW_PASSWORD)
     await page.goto(url + "/devices")
     rows = page.locator("#devices tbody tr")
-    await expect(rows).to_have_count(7)
+    await expect(rows).to_have_count(8)
     await page.fill("#q", "5号楼")
     await expect(rows).to_have_count(4)
     await expect(page).to_have_url(re.compile(r"\?q=5"))
@@ -398,3 +410,15 @@ async def test_a_failed_bus_is_shown_as_the_cause(
         no_script_errors(page)
     finally:
         assert proc.stop() == 0
+
+
+async def test_doors_show_their_state_on_the_overview(
+    agent: tuple[AgentProcess, str], context: BrowserContext
+) -> None:
+    _, url = agent
+    page = await login(context, url, "tech", TECH_PASSWORD)
+    row = page.locator('#doors tr[data-id="gate-north"]')
+    await expect(row).to_have_attribute("data-door", "open")
+    await expect(row).to_contain_text("北门")
+    await expect(row).to_contain_text("是")  # the link to the reader is encrypted
+    await expect(page.locator("#doors-panel")).to_be_visible()

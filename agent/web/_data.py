@@ -263,7 +263,30 @@ def status_payload(runtime: AgentView, probes: Probes, throughput: Throughput) -
         ],
         "problems_total": len(problems),
         "buses": runtime.bus_figures(),
+        "doors": _doors(states, names),
     }
+
+
+def _doors(states: list[DeviceState], names: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """Devices that report a door (a ``door_open`` point: OSDP readers, door controllers),
+    with its state, since when, and whether the link to the reader is secured."""
+    doors = []
+    for s in states:
+        door = s.points.get("door_open")
+        secure = s.points.get("secure_channel")
+        if door is None and secure is None:
+            continue
+        doors.append(
+            {
+                "id": s.id,
+                "name": names.get(s.id),
+                "health": s.health.value,
+                "open": door.value if door is not None else None,
+                "since_ms": door.ts if door is not None else None,
+                "secure_channel": secure.value if secure is not None else None,
+            }
+        )
+    return doors
 
 
 # ---------------------------------------------------------------------------- devices

@@ -265,6 +265,21 @@
         el("td", { text: fmtErrors(b.counters) })));
     replaceRows(document.querySelector("#buses tbody"), buses);
     document.getElementById("buses-panel").hidden = buses.length === 0;
+
+    // Doors (readers that report one): open or closed since when, and whether the line to the
+    // reader is encrypted; a plain-text link is shown as a problem.
+    const doors = (data.doors || []).map((d) => {
+      const state = d.open === true ? "open" : d.open === false ? "closed" : "unknown";
+      const secure = d.secure_channel === true ? "yes" : d.secure_channel === false ? "no" : null;
+      return el("tr", { class: `health-${d.health}`, "data-id": d.id, "data-door": state },
+        el("td", {}, el("span", { class: `badge ${state === "open" ? "health-degraded" : "health-ok"}`, text: T(`door.${state}`) })),
+        el("td", {}, el("a", { href: `/devices/${encodeURIComponent(d.id)}`, text: d.id })),
+        el("td", { text: d.name || EMPTY }),
+        el("td", { text: d.since_ms ? `${fmtTime(d.since_ms)} (${fmtAgo(d.since_ms)})` : EMPTY }),
+        el("td", { class: secure === "no" ? "err" : "", text: secure ? T(`secure.${secure}`) : EMPTY }));
+    });
+    replaceRows(document.querySelector("#doors tbody"), doors);
+    document.getElementById("doors-panel").hidden = doors.length === 0;
   }
 
   // ------------------------------------------------------------------ devices
