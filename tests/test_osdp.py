@@ -566,3 +566,48 @@ async def test_edge_agent_osdp_install_key_goes_through_the_agent_and_is_audited
                 e for e in events("agent.command") if e.data["action"] == "reader.install_key"
             ]
             assert (audit.data["status"], audit.data["source"]) == ("ok", "local")
+
+
+def session_lost(data: bytes) -> bytes:
+    """What a reader that rebooted answers inside our session: a plain NAK 6, same sequence."""
+    from drivers.osdp.codec import Frame, Nak, OsdpError, Reply, build_frame, parse_frame
+
+    start = data.find(0x53)
+    try:
+        frame = parse_frame(data[max(start, 0) :])
+    except OsdpError:
+        return data  # a partial chunk passes unchanged
+    nak = Frame(
+        frame.address, reply=True, seq=frame.seq, code=Reply.NAK, data=bytes((Nak.SC_CONDITIONS,))
+    )
+    return build_frame(nak, mark=False)
+
+
+async def test_a_lost_session_nak_6_is_reported_and_a_new_session_follows(
+    tmp_path: Path, line: PtyPair, key_file: Path
+) -> None:
+    hub = Rs485Hub(line.peer, devices=1)
+    hub.start()
+    try:
+        with pd(hub.ports[0], 101, "--scbk", KEY, "--baud", "115200", "--outputs", "2") as peer:
+            async with panel(tmp_path, line, [reader("door-1", 101, key_file)]) as cp:
+                await async_wait_until(lambda: cp.events("reader.online"), what="reader.online")
+                hub.mangle = session_lost
+                await async_wait_until(
+                    lambda: cp.events("security.nak_sc_conditions"), what="the NAK 6 event"
+                )
+                hub.mangle = None
+                await async_wait_until(
+                    lambda: len(cp.events("reader.online")) == 2, what="a new session at once"
+                )
+                assert cp.events("reader.online")[1].data["secure_channel"] is True
+                # Output status from the reader: the strike's state as a point.
+                peer.send({"output_status": [1, 0]})
+                await async_wait_until(
+                    lambda: [
+                        r for r in cp.bench.records if getattr(r, "point", "") == "strike_released"
+                    ],
+                    what="the strike's state",
+                )
+    finally:
+        hub.stop()

@@ -62,6 +62,8 @@ _GAP_S = 0.02
 """Pause after a round of polls: other traffic on the line takes its turn here."""
 _SECURE_RETRY_S = 30.0
 """After a secure channel failure, how long before the handshake is tried again."""
+_SESSION_LOST_RETRY_S = 1.0
+"""After NAK 6 (the reader lost the session: a reboot), how soon a new handshake starts."""
 _REX_GRACE_S = 10.0
 """An opening this soon after request-to-exit (or within a grant) is not forced."""
 _KEY_SCBK = 0x01
@@ -114,6 +116,7 @@ class _Reader:
     cuid: bytes = b""
     inputs: dict[int, int] = field(default_factory=dict)
     tamper: int | None = None
+    strike: bool | None = None
     power: int | None = None
     door: _Door = field(default_factory=_Door)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -251,12 +254,14 @@ class OsdpDriver:
             await self._emit(reader, "reader.offline", Severity.WARNING, reason=reason)
 
     async def _security(self, reader: _Reader, kind: str, message: str) -> None:
-        """A security failure: an alarm, the session dropped, no plain text, a later retry."""
+        """A security failure: an alarm, the session dropped, no plain text, a later retry.
+        A lost session (NAK 6) is tried again at once: the handshake itself is the check."""
         reader.counters[f"security_{kind}"] += 1
         reader.session = None
         reader.seq = 0
         was_online, reader.online = reader.online, False
-        reader.retry_at = time.monotonic() + _SECURE_RETRY_S
+        retry_s = _SESSION_LOST_RETRY_S if kind == "nak_sc_conditions" else _SECURE_RETRY_S
+        reader.retry_at = time.monotonic() + retry_s
         self.ctx.health.down(reader.device.id, f"security_{kind}", message)
         self.ctx.log.warning("osdp.security", device=reader.device.id, kind=kind, error=message)
         await self._emit(
@@ -369,6 +374,10 @@ class OsdpDriver:
         if session is None or reply.scb_type in (Scb.SCS_12, Scb.SCS_14):
             return reply
         if reply.scb_type not in (Scb.SCS_16, Scb.SCS_18):
+            if reply.code == Reply.NAK and reply.data[:1] == bytes((Nak.SC_CONDITIONS,)):
+                # A reader that lost its session (rebooted, or 8 s without a valid command)
+                # answers so, in plain text: the NAK handling below starts a new one.
+                return reply
             raise _SecurityError("plaintext_reply", "a reply without MAC inside the session")
         try:
             session.check_reply(reply.header(), reply.mac)
@@ -502,6 +511,13 @@ class OsdpDriver:
                     )
         elif code == Reply.ISTATR:
             await self._inputs(reader, data)
+        elif code == Reply.OSTATR:
+            door = reader.device.door
+            if door is not None and door.output < len(data):
+                released = data[door.output] == 1
+                if reader.strike != released:
+                    reader.strike = released
+                    await self._state(reader, "strike_released", released)
 
     async def _inputs(self, reader: _Reader, data: bytes) -> None:
         door = reader.device.door
