@@ -138,16 +138,12 @@ def test_a_wrong_key_fails_closed() -> None:
     assert info.value.reason == "cryptogram"
 
 
-def _pd_side(keys_session: Session) -> Session:
-    """The reader's half of the same session: its chain starts where the CP's does."""
-    return Session(keys=keys_session.keys, last_reply_mac=keys_session.last_reply_mac)
-
-
 def test_mac_chain_and_encryption_between_the_two_ends() -> None:
     keys = derive_keys(SCBK_D, RND_A)
     first = rmac_i(keys, cp_cryptogram(keys, RND_A, RND_B))
-    cp = Session(keys=keys, last_reply_mac=first)
-    pd = _pd_side(cp)
+    cp = Session.for_cp(keys, first)
+    # The reader's side of the chain, computed by hand: its chain starts where the CP's does.
+    pd_last_reply = first
     for n in range(3):
         command = Frame(
             0x01,
@@ -157,10 +153,10 @@ def test_mac_chain_and_encryption_between_the_two_ends() -> None:
             scb=bytes((2, Scb.SCS_15)),
             mac=b"\0" * 4,
         )
-        tag = cp.seal_command(command.header())
+        tag = cp.seal(command.header())
         # The PD computes the same MAC on its side of the chain.
-        assert mac(keys, pd.last_reply_mac, command.header())[:4] == tag
-        pd.last_command_mac = mac(keys, pd.last_reply_mac, command.header())
+        assert mac(keys, pd_last_reply, command.header())[:4] == tag
+        pd_last_command = mac(keys, pd_last_reply, command.header())
         reply = Frame(
             0x01,
             reply=True,
@@ -169,24 +165,24 @@ def test_mac_chain_and_encryption_between_the_two_ends() -> None:
             scb=bytes((2, Scb.SCS_16)),
             mac=b"\0" * 4,
         )
-        reply_mac = mac(keys, pd.last_command_mac, reply.header())
-        pd.last_reply_mac = reply_mac
-        cp.check_reply(reply.header(), reply_mac[:4])
+        reply_mac = mac(keys, pd_last_command, reply.header())
+        pd_last_reply = reply_mac
+        cp.check(reply.header(), reply_mac[:4])
     # A replayed reply (the last one again, for the next command) and a forged one are refused,
     # and the chain does not move.
-    cp.seal_command(command.header())
-    before = cp.last_reply_mac
+    cp.seal(command.header())
+    before = cp.heard
     for wrong in (reply_mac[:4], b"\0\0\0\0"):
         with pytest.raises(SecureChannelError):
-            cp.check_reply(reply.header(), wrong)
-    assert cp.last_reply_mac == before
+            cp.check(reply.header(), wrong)
+    assert cp.heard == before
     # Encrypted data: the PD decrypts what the CP encrypts (IV from the other's MAC).
     secret = b"\x00\x05\x32\x00"
-    sealed = cp.encrypt_command(secret)
+    sealed = cp.encrypt(secret)
     assert len(sealed) == 16
     assert secret not in sealed
-    pd_view = Session(keys=keys, last_reply_mac=b"", last_command_mac=cp.last_reply_mac)
-    assert pd_view.decrypt_reply(sealed) == secret
+    pd_view = Session.for_pd(keys, cp.heard)
+    assert pd_view.decrypt(sealed) == secret
 
 
 def test_padding() -> None:

@@ -324,7 +324,7 @@ class OsdpDriver:
                 reply=False,
                 seq=seq,
                 code=code,
-                data=session.encrypt_command(data),
+                data=session.encrypt(data),
                 scb=bytes((2, Scb.SCS_17)),
                 mac=b"\0" * 4,
             )
@@ -337,7 +337,7 @@ class OsdpDriver:
                 scb=bytes((2, Scb.SCS_15)),
                 mac=b"\0" * 4,
             )
-        tag = session.seal_command(unsealed.header())
+        tag = session.seal(unsealed.header())
         return Frame(
             address,
             reply=False,
@@ -380,8 +380,8 @@ class OsdpDriver:
                 return reply
             raise _SecurityError("plaintext_reply", "a reply without MAC inside the session")
         try:
-            session.check_reply(reply.header(), reply.mac)
-            data = session.decrypt_reply(reply.data) if reply.scb_type == Scb.SCS_18 else reply.data
+            session.check(reply.header(), reply.mac)
+            data = session.decrypt(reply.data) if reply.scb_type == Scb.SCS_18 else reply.data
         except SecureChannelError as exc:
             raise _SecurityError("mac_failure", str(exc)) from None
         return Frame(reply.address, reply=True, seq=reply.seq, code=reply.code, data=data)
@@ -444,7 +444,7 @@ class OsdpDriver:
         expected = rmac_i(keys, cp_crypt)
         if not hmac.compare_digest(rmac.data[:16], expected):
             raise _SecurityError("handshake", "RMAC_I does not verify")
-        reader.session = Session(keys=keys, last_reply_mac=expected)
+        reader.session = Session.for_cp(keys, expected)
 
     # ------------------------------------------------------------------ replies
 

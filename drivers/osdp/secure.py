@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -117,35 +117,50 @@ def new_rnd_a() -> bytes:
 
 @dataclass(slots=True)
 class Session:
-    """One secure session between the CP and a reader, after the handshake verified."""
+    """One secure session, after the handshake verified, seen from one end: the CP (its
+    commands are what it sends) or the reader (its replies are). Each frame's MAC chains on the
+    last one from the other end; encrypted data uses NOT(that MAC) as its IV."""
 
     keys: SessionKeys
-    last_reply_mac: bytes
-    """Starts as RMAC_I."""
-    last_command_mac: bytes = field(default=b"")
+    sent: bytes
+    """The MAC of the last frame this end sent (the reader's starts as RMAC_I)."""
+    heard: bytes
+    """The MAC of the last frame this end verified (the CP's starts as RMAC_I)."""
 
-    def seal_command(self, header: bytes) -> bytes:
-        """The command's 4 MAC bytes; ``header`` is SOM..DATA (encrypted data included)."""
-        full = mac(self.keys, self.last_reply_mac, header)
-        self.last_command_mac = full
+    @classmethod
+    def for_cp(cls, keys: SessionKeys, initial_rmac: bytes) -> Session:
+        return cls(keys=keys, sent=b"", heard=initial_rmac)
+
+    @classmethod
+    def for_pd(cls, keys: SessionKeys, initial_rmac: bytes) -> Session:
+        return cls(keys=keys, sent=initial_rmac, heard=b"")
+
+    def seal(self, header: bytes) -> bytes:
+        """The 4 MAC bytes of a frame to send; ``header`` is SOM..DATA (encrypted data
+        included)."""
+        full = mac(self.keys, self.heard, header)
+        self.sent = full
         return full[:4]
 
-    def check_reply(self, header: bytes, got: bytes) -> None:
-        """Verify a reply's 4 MAC bytes (constant time); the chain moves on only if it holds."""
-        full = mac(self.keys, self.last_command_mac, header)
+    def check(self, header: bytes, got: bytes) -> None:
+        """Verify a received frame's 4 MAC bytes (constant time); the chain moves on only if
+        it holds."""
+        full = mac(self.keys, self.sent, header)
         if len(got) != 4 or not hmac.compare_digest(full[:4], got):
-            raise SecureChannelError("mac", "the reply's MAC does not verify")
-        self.last_reply_mac = full
+            raise SecureChannelError("mac", "the MAC of what arrived does not verify")
+        self.heard = full
 
-    def encrypt_command(self, data: bytes) -> bytes:
-        iv = bytes(~b & 0xFF for b in self.last_reply_mac)
-        return _cbc(self.keys.enc, iv, pad(data))
+    def encrypt(self, data: bytes) -> bytes:
+        return _cbc(self.keys.enc, _inverted(self.heard), pad(data))
 
-    def decrypt_reply(self, data: bytes) -> bytes:
+    def decrypt(self, data: bytes) -> bytes:
         if not data or len(data) % BLOCK:
             raise SecureChannelError("length", "encrypted data is not whole AES blocks")
-        iv = bytes(~b & 0xFF for b in self.last_command_mac)
-        return unpad(_cbc(self.keys.enc, iv, data, decrypt=True))
+        return unpad(_cbc(self.keys.enc, _inverted(self.sent), data, decrypt=True))
+
+
+def _inverted(data: bytes) -> bytes:
+    return bytes(~b & 0xFF for b in data)
 
 
 def verify_ccrypt(scbk: bytes, rnd_a: bytes, rnd_b: bytes, got: bytes) -> SessionKeys:
@@ -155,34 +170,3 @@ def verify_ccrypt(scbk: bytes, rnd_a: bytes, rnd_b: bytes, got: bytes) -> Sessio
     if not hmac.compare_digest(pd_cryptogram(keys, rnd_a, rnd_b), got):
         raise SecureChannelError("cryptogram", "the reader's cryptogram does not verify: wrong key")
     return keys
-
-
-@dataclass(slots=True)
-class PdSession:
-    """The reader's half of a session (the simulator's): it checks commands and seals replies."""
-
-    keys: SessionKeys
-    last_reply_mac: bytes
-    """Starts as RMAC_I."""
-    last_command_mac: bytes = field(default=b"")
-
-    def check_command(self, header: bytes, got: bytes) -> None:
-        full = mac(self.keys, self.last_reply_mac, header)
-        if len(got) != 4 or not hmac.compare_digest(full[:4], got):
-            raise SecureChannelError("mac", "the command's MAC does not verify")
-        self.last_command_mac = full
-
-    def seal_reply(self, header: bytes) -> bytes:
-        full = mac(self.keys, self.last_command_mac, header)
-        self.last_reply_mac = full
-        return full[:4]
-
-    def decrypt_command(self, data: bytes) -> bytes:
-        if not data or len(data) % BLOCK:
-            raise SecureChannelError("length", "encrypted data is not whole AES blocks")
-        iv = bytes(~b & 0xFF for b in self.last_reply_mac)
-        return unpad(_cbc(self.keys.enc, iv, data, decrypt=True))
-
-    def encrypt_reply(self, data: bytes) -> bytes:
-        iv = bytes(~b & 0xFF for b in self.last_command_mac)
-        return _cbc(self.keys.enc, iv, pad(data))

@@ -24,8 +24,8 @@ from drivers.osdp.codec import Cmd, Frame, FrameReader, Nak, Reply, Scb, build_f
 from drivers.osdp.config import OsdpDevice
 from drivers.osdp.secure import (
     SCBK_D,
-    PdSession,
     SecureChannelError,
+    Session,
     cp_cryptogram,
     derive_keys,
     pd_cryptogram,
@@ -50,7 +50,7 @@ class SimulatedReader:
     """None: plain text only (no secure channel capability)."""
     card_every_s: float | None = None
     seq: int | None = None
-    session: PdSession | None = None
+    session: Session | None = None
     pending: deque[tuple[int, bytes]] = field(default_factory=deque)
     inputs: list[int] = field(default_factory=lambda: [0, 0])
     outputs_on: int = 0
@@ -90,9 +90,9 @@ class SimulatedReader:
         data = command.data
         if self.session is not None and command.scb_type in (Scb.SCS_15, Scb.SCS_17):
             try:
-                self.session.check_command(command.header(), command.mac)
+                self.session.check(command.header(), command.mac)
                 if command.scb_type == Scb.SCS_17:
-                    data = self.session.decrypt_command(data)
+                    data = self.session.decrypt(data)
             except SecureChannelError:
                 self.session = None
                 return self._reply(command, Reply.NAK, bytes((Nak.SC_CONDITIONS,)), plain=True)
@@ -161,7 +161,7 @@ class SimulatedReader:
         if not secrets.compare_digest(expected, cryptogram[:16]):
             return self._reply(command, Reply.NAK, bytes((Nak.SC_CONDITIONS,)), plain=True)
         initial = rmac_i(keys, expected)
-        self.session = PdSession(keys=keys, last_reply_mac=initial)
+        self.session = Session.for_pd(keys, initial)
         scb = bytes((3, Scb.SCS_14, 0x01))
         return Frame(
             self.address, reply=True, seq=command.seq, code=Reply.RMAC_I, data=initial, scb=scb
@@ -171,7 +171,7 @@ class SimulatedReader:
         session = None if plain else self.session
         if session is None:
             return Frame(self.address, reply=True, seq=command.seq, code=code, data=data)
-        sealed = session.encrypt_reply(data) if data else b""
+        sealed = session.encrypt(data) if data else b""
         scb = bytes((2, Scb.SCS_18 if data else Scb.SCS_16))
         draft = Frame(
             self.address,
@@ -182,7 +182,7 @@ class SimulatedReader:
             scb=scb,
             mac=b"\0" * 4,
         )
-        tag = session.seal_reply(draft.header())
+        tag = session.seal(draft.header())
         return Frame(
             self.address, reply=True, seq=command.seq, code=code, data=sealed, scb=scb, mac=tag
         )
