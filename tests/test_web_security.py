@@ -7,18 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import ipaddress
 import re
 import ssl
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from test_web_support import (
     TECH_PASSWORD,
     VIEW_PASSWORD,
@@ -32,6 +26,7 @@ from test_web_support import (
 )
 
 from agent.runtime import Runtime
+from agent.web.cert import make_cert
 
 pytestmark = pytest.mark.slow
 
@@ -417,33 +412,9 @@ async def test_a_busy_port_does_not_stop_the_agent(tmp_path: Path) -> None:
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "web.pem", directory / "web.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    """A certificate for 127.0.0.1, made the way an installer makes one (web make-cert)."""
+    made = make_cert(directory / "tls", ["127.0.0.1"])
+    return made.cert_file, made.key_file
 
 
 async def test_https_marks_cookies_secure(tmp_path: Path) -> None:
