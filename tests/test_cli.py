@@ -43,6 +43,17 @@ def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal's width
 
 
+def edge_agent(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``edge-agent ARGV…`` as a user runs it: a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def help_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -100,22 +111,10 @@ def test_config_is_named_the_same_way_everywhere(
 def test_check_config_reads_the_default_path_or_the_one_given(tmp_path: Path) -> None:
     config = ROOT / "config" / "sample.yaml"
     for argv in (["check-config", str(config)], ["check-config", "--config", str(config)]):
-        run = subprocess.run(
-            [sys.executable, "-m", "agent.cli", *argv],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=False,
-        )
+        run = edge_agent(*argv)
         assert run.returncode == 0, run.stderr
     if not DEFAULT_CONFIG.exists():
-        run = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "check-config"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=False,
-        )
+        run = edge_agent("check-config")
         assert run.returncode == 1
         assert str(DEFAULT_CONFIG) in run.stderr
     with pytest.raises(SystemExit, match="two configs given"):
@@ -127,13 +126,7 @@ def test_make_cert_writes_a_key_only_its_owner_reads_and_a_cert_for_the_names(
 ) -> None:
     out = tmp_path / "tls"
     argv = ["web", "make-cert", "--dir", str(out), "--name", "gw-3.local", "--name", "10.0.0.7"]
-    run = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    run = edge_agent(*argv)
     assert run.returncode == 0, run.stderr
     key_file, cert_file = out / "web-key.pem", out / "web-cert.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -153,13 +146,7 @@ def test_make_cert_writes_a_key_only_its_owner_reads_and_a_cert_for_the_names(
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
     # A second run does not replace a key browsers may already trust...
     before = key_file.read_bytes()
-    again = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    again = edge_agent(*argv)
     assert again.returncode == 1
     assert "--force" in again.stderr
     assert key_file.read_bytes() == before
