@@ -134,10 +134,30 @@ def reader(device_id: str, address: int, key_file: Path | None, **extra: Any) ->
     return device
 
 
+def line_bus(line: PtyPair) -> list[dict[str, Any]]:
+    """The config's bus on the agent's end of the pty pair."""
+    return [{"id": "rs485-door", "serial": {"port": str(line.agent), "baud": 115200}}]
+
+
+@contextlib.asynccontextmanager
+async def agent_on(
+    directory: Path, line: PtyPair, devices: list[dict[str, Any]]
+) -> AsyncIterator[Any]:
+    """The real agent (runtime, page, control socket) with ``devices`` on the line."""
+    from test_web_support import running_agent
+
+    async with running_agent(directory, devices, buses=line_bus(line), ready=lambda rt: True) as rt:
+        yield rt
+
+
+def recent(runtime: Any, type_: str) -> list[Any]:
+    """The agent's recent events of ``type_`` (what the page shows)."""
+    return [e for e in runtime.state.recent_events if getattr(e, "type", "") == type_]
+
+
 class Panel:
     def __init__(self, directory: Path, line: PtyPair, devices: list[dict[str, Any]]) -> None:
-        buses = [{"id": "rs485-door", "serial": {"port": str(line.agent), "baud": 115200}}]
-        config = load_config(write_config(directory, devices, buses=buses))
+        config = load_config(write_config(directory, devices, buses=line_bus(line)))
         self.bench = Standalone(config.buses, gateway_id=config.gateway.id)
         self.driver = OsdpDriver(self.bench.context(*config.devices))
         self.task: Any = None
@@ -409,17 +429,12 @@ async def test_a_forged_mac_is_a_security_event_and_the_session_ends(
 async def test_through_the_agent_a_card_is_buffered_and_door_open_is_audited(
     tmp_path: Path, line: PtyPair, key_file: Path
 ) -> None:
-    from test_web_support import running_agent
-
     devices = [reader("door-1", 101, key_file)]
-    buses = [{"id": "rs485-door", "serial": {"port": str(line.agent), "baud": 115200}}]
     with pd(line.peer, 101, "--scbk", KEY, "--baud", "115200") as peer:
-        async with running_agent(
-            tmp_path / "agent", devices, buses=buses, ready=lambda rt: True
-        ) as runtime:
+        async with agent_on(tmp_path / "agent", line, devices) as runtime:
 
             def events(type_: str) -> list[Any]:
-                return [e for e in runtime.state.recent_events if getattr(e, "type", "") == type_]
+                return recent(runtime, type_)
 
             await async_wait_until(lambda: events("reader.online"), what="reader.online")
             peer.send({"card": "7b11d780", "bits": 26, "format": "wiegand"})
@@ -537,17 +552,13 @@ async def test_edge_agent_osdp_install_key_goes_through_the_agent_and_is_audited
     tmp_path: Path, line: PtyPair, key_file: Path
 ) -> None:
     from agent_proc import ROOT
-    from test_web_support import running_agent
 
     devices = [reader("door-1", 101, key_file, commands=["door.open", "reader.install_key"])]
-    buses = [{"id": "rs485-door", "serial": {"port": str(line.agent), "baud": 115200}}]
     with pd(line.peer, 101, "--baud", "115200"):  # a new reader: the install key only
-        async with running_agent(
-            tmp_path / "agent", devices, buses=buses, ready=lambda rt: True
-        ) as runtime:
+        async with agent_on(tmp_path / "agent", line, devices) as runtime:
 
             def events(type_: str) -> list[Any]:
-                return [e for e in runtime.state.recent_events if getattr(e, "type", "") == type_]
+                return recent(runtime, type_)
 
             await async_wait_until(lambda: events("security.wrong_key"), what="refused at first")
             socket_path = runtime.control_path(runtime.config)
