@@ -25,7 +25,7 @@ import contextlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from agent.bus import Priority, ReplyTimeoutError, SerialLine, priority
@@ -314,39 +314,10 @@ class OsdpDriver:
         raise DeviceError("timeout", f"no valid reply from address {config.address}")
 
     def _seal(self, reader: _Reader, code: int, data: bytes, scb: bytes) -> Frame:
-        address, seq = reader.device.address, reader.seq
-        session = reader.session
-        if session is None or scb:
-            return Frame(address, reply=False, seq=seq, code=code, data=data, scb=scb)
-        if data:
-            unsealed = Frame(
-                address,
-                reply=False,
-                seq=seq,
-                code=code,
-                data=session.encrypt(data),
-                scb=bytes((2, Scb.SCS_17)),
-                mac=b"\0" * 4,
-            )
-        else:
-            unsealed = Frame(
-                address,
-                reply=False,
-                seq=seq,
-                code=code,
-                scb=bytes((2, Scb.SCS_15)),
-                mac=b"\0" * 4,
-            )
-        tag = session.seal(unsealed.header())
-        return Frame(
-            address,
-            reply=False,
-            seq=seq,
-            code=code,
-            data=unsealed.data,
-            scb=unsealed.scb,
-            mac=tag,
-        )
+        frame = Frame(reader.device.address, reply=False, seq=reader.seq, code=code, data=data)
+        if reader.session is None or scb:  # plain, or a handshake step with its own SCB
+            return replace(frame, scb=scb)
+        return reader.session.seal_frame(frame)
 
     def _count_stream(self, reader: _Reader, raw: bytes, *, complete: bool) -> list[Frame]:
         stream = FrameReader()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from drivers.osdp.codec import Frame, Scb
 
 __all__ = [
     "SCBK_D",
@@ -149,6 +151,17 @@ class Session:
         if len(got) != 4 or not hmac.compare_digest(full[:4], got):
             raise SecureChannelError("mac", "the MAC of what arrived does not verify")
         self.heard = full
+
+    def seal_frame(self, frame: Frame) -> Frame:
+        """``frame`` as it goes out inside the session: its data encrypted (SCB 0x17/0x18) or
+        none (0x15/0x16), and its MAC."""
+        if frame.reply:
+            kind = Scb.SCS_18 if frame.data else Scb.SCS_16
+        else:
+            kind = Scb.SCS_17 if frame.data else Scb.SCS_15
+        data = self.encrypt(frame.data) if frame.data else b""
+        draft = replace(frame, data=data, scb=bytes((2, kind)), mac=b"\0" * 4)
+        return replace(draft, mac=self.seal(draft.header()))
 
     def encrypt(self, data: bytes) -> bytes:
         return _cbc(self.keys.enc, _inverted(self.heard), pad(data))

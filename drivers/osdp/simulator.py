@@ -168,24 +168,9 @@ class SimulatedReader:
         )
 
     def _reply(self, command: Frame, code: int, data: bytes, *, plain: bool = False) -> Frame:
+        reply = Frame(self.address, reply=True, seq=command.seq, code=code, data=data)
         session = None if plain else self.session
-        if session is None:
-            return Frame(self.address, reply=True, seq=command.seq, code=code, data=data)
-        sealed = session.encrypt(data) if data else b""
-        scb = bytes((2, Scb.SCS_18 if data else Scb.SCS_16))
-        draft = Frame(
-            self.address,
-            reply=True,
-            seq=command.seq,
-            code=code,
-            data=sealed,
-            scb=scb,
-            mac=b"\0" * 4,
-        )
-        tag = session.seal(draft.header())
-        return Frame(
-            self.address, reply=True, seq=command.seq, code=code, data=sealed, scb=scb, mac=tag
-        )
+        return reply if session is None else session.seal_frame(reply)
 
     # ------------------------------------------------------------------ the line
 
