@@ -135,8 +135,9 @@ class SessionStore:
     def create(self, user: str, role: Role, fingerprint: str) -> Session:
         now = self._clock()
         self._prune(now)
-        while len(self.of(user)) >= self.per_user:
-            del self._sessions[self.of(user)[0].token]
+        theirs = self.of(user)
+        for oldest in theirs[: max(0, len(theirs) - self.per_user + 1)]:
+            del self._sessions[oldest.token]
         while len(self._sessions) >= self.max_sessions:
             counts = Counter(s.user for s in self._sessions.values())
             del self._sessions[self.of(counts.most_common(1)[0][0])[0].token]
