@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import tty
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +30,9 @@ __all__ = ["run_demo", "write_demo_config"]
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 GATE = "gate-north"
 """The demo's OSDP gate reader: a simulated reader on a pty pair, a card every 15 s."""
+GATE_LINE = "rs485-gate"
+METER_LINE = "rs485-meters"
+"""The demo's line of household meters, simulated on a pty pair."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -50,32 +52,56 @@ def _write_keys(state: Path, gateway_id: str) -> Path:
     return keys
 
 
+def _meter_line() -> list[dict[str, Any]]:
+    """The demo's household meters: one stairwell's DL/T 645 electricity meters (one of them an
+    older 1997 meter) on one RS-485 line."""
+    meters: list[dict[str, Any]] = []
+    for floor in range(1, 4):
+        for room in (1, 2):
+            number = f"{floor}0{room}"
+            meters.append(
+                {
+                    "id": f"em-b5-{number}",
+                    "driver": "dlt645",
+                    "name": f"5号楼1单元{number} 电表 (DL/T 645, 模拟)",
+                    "bus": METER_LINE,
+                    "address": f"0000500{number}00",
+                    "interval_s": 15,
+                    "location": {"building": "5", "unit": "1", "floor": floor, "room": number},
+                }
+            )
+    meters[-1] |= {"version": 1997, "name": "5号楼1单元302 旧电表 (DL/T 645-1997, 模拟)"}
+    return meters
+
+
 def write_demo_config(
     state: Path,
     platform_port: int,
     *,
     web_listen: str,
     password_hash: str,
-    gate_port: str | None = None,
+    lines: dict[str, str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The demo config with the state folder's buffer, key files, the platform's port and a
-    one-time technician login for the diagnostic page; with ``gate_port`` (one end of a pty
-    pair), an OSDP gate reader on it, in a secure channel with a fresh key."""
+    one-time technician login for the diagnostic page. ``lines`` maps the demo's serial lines
+    (:data:`GATE_LINE`, :data:`METER_LINE`) to ports (one end of a pty pair each): an OSDP gate
+    reader in a secure channel with a fresh key, and a line of household meters."""
     config: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
-    if gate_port is not None:
+    lines = lines or {}
+    if GATE_LINE in lines:
         key_file = state / "gate-north.key"
         if not key_file.exists():
             _write_private(key_file, secrets.token_hex(16) + "\n")
         config["buses"] = [
             *config.get("buses", []),
-            {"id": "rs485-gate", "serial": {"port": gate_port, "baud": 9600}},
+            {"id": GATE_LINE, "serial": {"port": lines[GATE_LINE], "baud": 9600}},
         ]
         config["devices"].append(
             {
                 "id": GATE,
                 "driver": "osdp",
                 "name": "北门 门禁读卡器 (模拟)",
-                "bus": "rs485-gate",
+                "bus": GATE_LINE,
                 "address": 1,
                 "key_file": str(key_file),
                 "location": {"building": "1", "floor": 1},
@@ -83,6 +109,14 @@ def write_demo_config(
                 "commands": ["door.open"],
             }
         )
+    if METER_LINE in lines:
+        # 2400 Bd as the meters' factory setting; 8N1 because a pty refuses parity (real
+        # meters run 8E1: see drivers/dlt645/README.md).
+        config["buses"] = [
+            *config.get("buses", []),
+            {"id": METER_LINE, "serial": {"port": lines[METER_LINE], "baud": 2400}},
+        ]
+        config["devices"] += _meter_line()
     gateway_id = config["gateway"]["id"]
     config["buffer"] = {**config.get("buffer", {}), "path": str(state / "buffer.db")}
     config["control"] = {"socket": str(state / "control.sock")}
@@ -108,7 +142,9 @@ def write_demo_config(
 
 async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -> int:
     from agent.app import App  # noqa: PLC0415
+    from agent.bus import char_bits  # noqa: PLC0415
     from agent.config.loader import load_config  # noqa: PLC0415
+    from agent.driver.simulation import serve_line  # noqa: PLC0415
     from agent.web import hash_password  # noqa: PLC0415
     from drivers import load_peer  # noqa: PLC0415
     from reference_platform import (  # noqa: PLC0415
@@ -138,12 +174,13 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
             file=sys.stderr,
         )
         return EX_UNAVAILABLE
-    # The gate reader's line: a pty pair made here (no socat needed), the simulated reader on
-    # one end, the agent's serial bus on the other.
-    master, slave = os.openpty()
-    for fd in (master, slave):
-        tty.setraw(fd)
-    gate: asyncio.Task[None] | None = None
+    # The demo's serial lines: a pty pair each, made here (no socat needed), the simulated
+    # devices on one end, the agent's serial bus on the other.
+    ptys = {name: os.openpty() for name in (GATE_LINE, METER_LINE)}
+    for pair in ptys.values():
+        for fd in pair:
+            tty.setraw(fd)
+    peers: list[asyncio.Task[None]] = []
     try:
         # A one-time password: printed once, never stored in clear, gone with the demo.
         password = secrets.token_urlsafe(9)
@@ -152,13 +189,23 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
             port,
             web_listen=web_listen,
             password_hash=hash_password(password),
-            gate_port=os.ttyname(slave),
+            lines={name: os.ttyname(slave) for name, (_, slave) in ptys.items()},
         )
         config = load_config(config_path)
-        [gate_device] = [d for d in config.devices if d.id == GATE]
-        serve = load_peer(gate_device.driver)
-        assert serve is not None, "the gate's driver family has a simulated device"
-        gate = asyncio.create_task(_run(serve(master, gate_device)), name="demo-gate")
+        for bus in config.buses:
+            if bus.id not in ptys or bus.serial is None:
+                continue
+            simulated = []
+            for device in config.devices:
+                make = load_peer(device.driver) if device.bus == bus.id else None
+                if make is not None:
+                    simulated.append(make(device))
+            char_s = char_bits(bus) / bus.serial.baud
+            peers.append(
+                asyncio.create_task(
+                    serve_line(ptys[bus.id][0], simulated, char_s=char_s), name=f"demo-{bus.id}"
+                )
+            )
         agent_app = App(config, config_path=config_path, loader=load_config)
         await agent_app.start()
         base = f"http://127.0.0.1:{port}"
@@ -194,18 +241,15 @@ Ctrl-C stops the demo cleanly.
         )
         return await agent_app.run(started=True)
     finally:
-        if gate is not None:
-            gate.cancel()
+        for task in peers:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await gate
-        for fd in (master, slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+                await task
+        for pair in ptys.values():
+            for fd in pair:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         await runner.cleanup()
-
-
-async def _run(peer: Awaitable[None]) -> None:
-    await peer
 
 
 def _edge_agent() -> str:

@@ -137,8 +137,23 @@ class Runtime:
         return self._devices.entries
 
     def bus_figures(self) -> list[dict[str, Any]]:
-        """Every bus in use: state, cause, busy time, counters (the page, /api, /metrics)."""
-        return [handle.figures() for _, handle in sorted(self._devices.buses.items())]
+        """Every bus in use: state, cause, busy time, utilisation, counters, and how long a full
+        cycle takes (every polled device on it read once, from their last reads) against the
+        shortest interval asked of it (the page, /api, /metrics)."""
+        out = []
+        for bus_id, handle in sorted(self._devices.buses.items()):
+            figures = handle.figures()
+            reads = [
+                (entry.poller.last_read_s, entry.poller.device.interval_s)
+                for entry in self._devices.entries.values()
+                if entry.config.bus == bus_id and entry.poller is not None
+            ]
+            known = [s for s, _ in reads if s is not None]
+            figures["polled"] = len(reads)
+            figures["cycle_s"] = round(sum(known), 3) if known else None
+            figures["interval_s"] = min((i for _, i in reads), default=None)
+            out.append(figures)
+        return out
 
     def busy_figures(self) -> dict[str, float]:
         return self._devices.busy_figures()

@@ -8,7 +8,7 @@ device of that driver runs. See ``drivers/README.md`` for what a driver is and h
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from agent.config.models import DeviceConfig
     from agent.driver import BusTool
+    from agent.driver.simulation import LineDevice
 
 __all__ = [
     "DRIVERS",
@@ -50,14 +51,33 @@ class DriverSpec:
     """``(name, module:function)`` of its :class:`agent.driver.BusTool` s: ``scan`` (discovery),
     ``read``. The control socket runs them on the agent's own bus."""
     peer: str | None = None
-    """``module:function(fd, device)``: a simulated device of the family answering on one end
-    of a pty pair (its coroutine runs until cancelled). The demo puts one behind each of its
-    devices on a ``pty`` line."""
+    """``module:function(device)``: a simulated device of the family for ``device``, an
+    :class:`agent.driver.simulation.LineDevice`. The demo puts one behind each of its devices
+    on its pty lines, every device of a line on one end (:func:`agent.driver.simulation.
+    serve_line`), whatever their families."""
 
 
 DRIVERS: dict[str, DriverSpec] = {
     spec.name: spec
     for spec in (
+        DriverSpec(
+            "cjt188",
+            "drivers.cjt188.config:Cjt188Device",
+            "drivers.cjt188.driver:Cjt188Driver",
+            extra="cjt188",
+            cli="drivers.cjt188.cli:add_commands",
+            tools=(("scan", "drivers.cjt188.tools:scan"),),
+            peer="drivers.cjt188.simulator:line_device",
+        ),
+        DriverSpec(
+            "dlt645",
+            "drivers.dlt645.config:Dlt645Device",
+            "drivers.dlt645.driver:Dlt645Driver",
+            extra="dlt645",
+            cli="drivers.dlt645.cli:add_commands",
+            tools=(("scan", "drivers.dlt645.tools:scan"),),
+            peer="drivers.dlt645.simulator:line_device",
+        ),
         DriverSpec(
             "modbus",
             "drivers.modbus.config:ModbusDevice",
@@ -72,7 +92,7 @@ DRIVERS: dict[str, DriverSpec] = {
             "drivers.osdp.driver:OsdpDriver",
             scope="bus",
             cli="drivers.osdp.cli:add_commands",
-            peer="drivers.osdp.simulator:serve_device",
+            peer="drivers.osdp.simulator:line_device",
         ),
         DriverSpec(
             "simulated",
@@ -132,10 +152,10 @@ def bus_tool(name: str, tool: str) -> BusTool:
     return found
 
 
-def load_peer(name: str) -> Callable[[int, DeviceConfig], Awaitable[None]] | None:
+def load_peer(name: str) -> Callable[[DeviceConfig], LineDevice] | None:
     """The family's simulated device (:attr:`DriverSpec.peer`), or None."""
     ref = DRIVERS[name].peer
     if ref is None:
         return None
-    peer: Callable[[int, DeviceConfig], Awaitable[None]] = _load(ref)
+    peer: Callable[[DeviceConfig], LineDevice] = _load(ref)
     return peer

@@ -43,6 +43,7 @@ __all__ = [
 
 _RETRY_FIRST_S: Final = 0.5
 _RETRY_MAX_S: Final = 10.0
+_UTILISATION_WINDOW_S: Final = 60.0
 
 
 class Priority(enum.IntEnum):
@@ -197,6 +198,8 @@ class BusHandle:
         self._failed_opens = 0
         self.busy_s = 0.0
         """Total time turns were held: divided by wall time, the bus's utilisation."""
+        self._busy_samples: collections.deque[tuple[float, float]] = collections.deque()
+        """(monotonic, busy_s) about once a second over the last minute: the utilisation now."""
         self.counters: collections.Counter[str] = collections.Counter()
         """Bus-wide figures: requests, replies, reconnects, noise bytes, and what the protocols
         on it count (crc_error, retries, ...)."""
@@ -225,8 +228,27 @@ class BusHandle:
             box[0] += session.since - asked
 
     def _release(self, session: _Session) -> None:
-        self.busy_s += time.monotonic() - session.since
+        now = time.monotonic()
+        self.busy_s += now - session.since
+        samples = self._busy_samples
+        if not samples or now - samples[-1][0] >= 1.0:
+            samples.append((now, self.busy_s))
+            while now - samples[0][0] > _UTILISATION_WINDOW_S:
+                samples.popleft()
         self._turns.release()
+
+    @property
+    def utilisation(self) -> float | None:
+        """The share of the last minute (or since the first turn) the bus was held."""
+        samples = self._busy_samples
+        if not samples:
+            return None
+        now = time.monotonic()
+        since, busy_then = samples[0]
+        if now - since < 1.0:
+            return None
+        # A turn in flight counts up to now only when released: a figure, not a meter.
+        return min(1.0, (self.busy_s - busy_then) / (now - since))
 
     def hold(self) -> _Hold:
         """Hold the bus for a session: a device's poll, a multi-frame exchange, a simulated
@@ -289,6 +311,7 @@ class BusHandle:
             "reason": self.down_reason if self.state == "down" else None,
             "error": self.down_error if self.state == "down" else None,
             "busy_s": round(self.busy_s, 3),
+            "utilisation": None if self.utilisation is None else round(self.utilisation, 3),
             "waiting": self.waiting,
             "counters": dict(self.counters),
         }

@@ -29,6 +29,11 @@ ReplyReader = Callable[[bytes], int]
 """Given what arrived so far, the length of the complete reply at its start, or 0 for "not
 yet". Bytes after the reply are noise (counted, dropped)."""
 
+_WHAT_ARRIVED: Final = {
+    "checksum_error": "a reply with a wrong checksum (noise, termination, bias)",
+    "truncated": "a reply cut short",
+    "garbage": "bytes that form no reply (noise, or a baud rate or parity mismatch)",
+}
 _URL_PORTS: Final = ("socket://", "rfc2217://", "loop://", "spy://", "alt://", "hwgrep://")
 _OPEN_TIMEOUT_S: Final = 5.0
 
@@ -200,6 +205,35 @@ class SerialLine(BusHandle):
         from the wait for a turn."""
         async with self.hold():
             return await self._exchange(frame, read_reply, timeout_s)
+
+    async def request(
+        self,
+        frame: bytes,
+        read_reply: ReplyReader,
+        timeout_s: float,
+        *,
+        retries: int = 0,
+        diagnose: Callable[[bytes], str] | None = None,
+    ) -> bytes:
+        """:meth:`exchange` with resends, for protocols whose framing is checked by
+        ``read_reply`` alone (a checksum and an end byte): after a timeout, ``retries`` more
+        tries. The last failure raises :class:`ReplyTimeoutError` whose ``reason`` is
+        ``diagnose(received)`` (``timeout``, ``checksum_error``, ``garbage``...), counted on the
+        line as ``reason``; a resend is counted as ``retries``."""
+        for attempt in range(retries + 1):
+            try:
+                return await self.exchange(frame, read_reply, timeout_s)
+            except ReplyTimeoutError as exc:
+                reason = "timeout" if diagnose is None else diagnose(exc.received)
+                if reason != "timeout":
+                    exc.reason = reason
+                    what = _WHAT_ARRIVED.get(reason, reason)
+                    exc.args = (f"{what} ({len(exc.received)} bytes in {timeout_s:g} s)",)
+                    self.note(reason)
+                if attempt == retries:
+                    raise
+                self.note("retries")
+        raise AssertionError("unreachable")
 
     async def _exchange(
         self, frame: bytes, read_reply: ReplyReader | None, timeout_s: float

@@ -118,6 +118,12 @@ def render_metrics(runtime: AgentView, probes: Probes) -> str:
     )
     buses = runtime.bus_figures()
     w.family(
+        "edge_agent_bus_cycle_seconds",
+        "gauge",
+        "Line time of one full cycle: every polled device on the bus read once (last reads).",
+        [((("bus", b["id"]),), b["cycle_s"]) for b in buses if b.get("cycle_s") is not None],
+    )
+    w.family(
         "edge_agent_bus_up",
         "gauge",
         "1 while the bus's port or connection is open and working (0 down, 0 never opened).",

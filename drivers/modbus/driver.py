@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from pymodbus.pdu.bit_message import (
@@ -29,6 +28,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from agent.driver import BusError, CommandError, CommandSpec, DeviceError, DriverContext
+from agent.driver.report import OnChange
 from agent.records import Quality, Reading, Record
 from drivers.modbus.codec import (
     BIT_TABLES,
@@ -117,15 +117,6 @@ def _group(table: str, items: Sequence[Item]) -> Request:
     return Request(table, start, max(i.end for i in items) - start, tuple(i.key for i in items))
 
 
-@dataclass(slots=True)
-class _Last:
-    """What was last reported for a point with a deadband."""
-
-    value: Value | None
-    quality: Quality
-    ts: int
-
-
 class ModbusDriver:
     """Polls one Modbus device; accepts ``modbus.write`` for points marked writable."""
 
@@ -152,7 +143,7 @@ class ModbusDriver:
         """Per-device figures, pushed into the device's state: requests, timeouts, crc_error,
         exception_02, partial_reads..."""
         self._link: ModbusLink | None = None
-        self._last: dict[int, _Last] = {}
+        self._reported: OnChange[int] = OnChange(config.report_every_s)
         self._bad_points: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ planning
@@ -345,7 +336,6 @@ class ModbusDriver:
         self, values: dict[int, Value], bad: dict[int, str], ts: int, synced: bool
     ) -> list[Record]:
         device = self.config.id
-        heartbeat_ms = self.config.report_every_s * 1000
         records: list[Record] = []
         for key, point in enumerate(self.points):
             if key in values:
@@ -355,8 +345,8 @@ class ModbusDriver:
                 value, quality, reason = None, Quality.BAD, bad[key]
             else:
                 continue
-            if point.deadband is not None and not self._due(
-                key, point.deadband, value, quality, ts, heartbeat_ms
+            if point.deadband is not None and not self._reported.due(
+                key, point.deadband, value, quality, ts
             ):
                 continue
             records.append(
@@ -372,32 +362,6 @@ class ModbusDriver:
                 )
             )
         return records
-
-    def _due(
-        self,
-        key: int,
-        deadband: float,
-        value: Value | None,
-        quality: Quality,
-        ts: int,
-        heartbeat_ms: float,
-    ) -> bool:
-        """On-change reporting: moved by more than the deadband, changed quality, or the
-        heartbeat (``report_every_s``) is due."""
-        last = self._last.get(key)
-        due = (
-            last is None
-            or last.quality is not quality
-            or ts - last.ts >= heartbeat_ms
-            or (
-                isinstance(value, int | float)
-                and isinstance(last.value, int | float)
-                and abs(value - last.value) > deadband
-            )
-        )
-        if due:
-            self._last[key] = _Last(value, quality, ts)
-        return due
 
     # ------------------------------------------------------------------ commands
 

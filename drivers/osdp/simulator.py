@@ -13,13 +13,13 @@ what the tests against libosdp's reader do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.driver.simulation import serve_line
 from drivers.osdp.codec import Cmd, Frame, FrameReader, Nak, Reply, Scb, build_frame
 from drivers.osdp.config import OsdpDevice
 from drivers.osdp.secure import (
@@ -35,7 +35,7 @@ from drivers.osdp.secure import (
 if TYPE_CHECKING:
     from agent.config.models import DeviceConfig
 
-__all__ = ["SimulatedReader", "serve_device"]
+__all__ = ["SimulatedReader", "line_device"]
 
 # Function codes of PDCAP: contact status, output control, card format, LED, audible,
 # communication security (AES-128), check character (CRC-16).
@@ -57,7 +57,10 @@ class SimulatedReader:
     handshake: tuple[bytes, bytes, bytes] | None = None
     """RND.A, RND.B and the key of a handshake under way."""
     cards_presented: int = 0
+    answer_delay_s: float = 0.0
     _door_task: asyncio.Task[None] | None = None
+    _reader: FrameReader = field(default_factory=FrameReader)
+    _card_at: float | None = None
 
     # ------------------------------------------------------------------ what happens at the door
 
@@ -174,50 +177,39 @@ class SimulatedReader:
 
     # ------------------------------------------------------------------ the line
 
+    def hear(self, data: bytes, /) -> bytes | None:
+        """What came over the line; the replies to the commands for this reader (the line
+        peer's side: :class:`agent.driver.simulation.LineDevice`). A card is due every
+        ``card_every_s``, reported in the reply to the next POLL."""
+        now = time.monotonic()
+        if self.card_every_s:
+            if self._card_at is None:
+                # The first card soon, so whoever just started the demo sees one.
+                self._card_at = now + min(3.0, self.card_every_s)
+            elif now >= self._card_at:
+                self.present()
+                self._card_at = now + self.card_every_s
+        out = bytearray()
+        for frame in self._reader.feed(data):
+            reply = self.answer(frame)
+            if reply is not None:
+                out += build_frame(reply, mark=False)
+        return bytes(out) or None
+
     async def serve(self, fd: int) -> None:
         """Answer on ``fd`` (a pty end, raw mode) until cancelled."""
-        loop = asyncio.get_running_loop()
-        os.set_blocking(fd, False)
-        reader = FrameReader()
-        arrived = asyncio.Event()
-        loop.add_reader(fd, arrived.set)
-        # The first card soon, so whoever just started the demo sees one.
-        card_timer = loop.time() + min(3.0, self.card_every_s or 0)
         try:
-            while True:
-                timeout = None
-                if self.card_every_s:
-                    timeout = max(0.0, card_timer - loop.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), timeout)
-                if self.card_every_s and loop.time() >= card_timer:
-                    self.present()
-                    card_timer = loop.time() + self.card_every_s
-                if not arrived.is_set():
-                    continue
-                arrived.clear()
-                try:
-                    data = os.read(fd, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    await asyncio.sleep(0.2)  # the other end is not open yet (EIO)
-                    continue
-                for frame in reader.feed(data):
-                    reply = self.answer(frame)
-                    if reply is not None:
-                        os.write(fd, build_frame(reply, mark=False))
+            await serve_line(fd, [self])
         finally:
-            loop.remove_reader(fd)
             if self._door_task is not None:
                 self._door_task.cancel()
 
 
-async def serve_device(fd: int, device: DeviceConfig) -> None:
+def line_device(device: DeviceConfig) -> SimulatedReader:
     """The registry's peer (:attr:`drivers.DriverSpec.peer`): a reader for ``device``, with its
     key file's key (the demo's), a card every 15 s."""
     assert isinstance(device, OsdpDevice)
     key = None
     if device.secure_channel == "required" and device.key_file is not None:
         key = bytes.fromhex(device.key_file.read_text(encoding="ascii").strip())
-    await SimulatedReader(address=device.address, key=key, card_every_s=15).serve(fd)
+    return SimulatedReader(address=device.address, key=key, card_every_s=15)

@@ -261,7 +261,12 @@
         el("td", { text: b.where }),
         el("td", { text: b.since_ms ? `${fmtTime(b.since_ms)} (${fmtAgo(b.since_ms)})` : EMPTY }),
         el("td", { class: "err", text: b.state === "down" ? `${b.reason}: ${b.error}` : EMPTY }),
-        el("td", { text: fmtNum(b.busy_s) }),
+        el("td", { text: typeof b.utilisation === "number" ? `${Math.round(b.utilisation * 100)} %` : EMPTY }),
+        // A full cycle (every polled device read once) longer than the shortest interval asked
+        // of the line: it is saturated, and every device's interval stretches alike.
+        el("td", { class: b.cycle_s > b.interval_s ? "err" : "",
+          title: b.cycle_s > b.interval_s ? T("bus.saturated") : "",
+          text: typeof b.cycle_s === "number" ? `${fmtNum(b.cycle_s)} s / ${fmtNum(b.interval_s)} s` : EMPTY }),
         el("td", { text: fmtErrors(b.counters) })));
     replaceRows(document.querySelector("#buses tbody"), buses);
     document.getElementById("buses-panel").hidden = buses.length === 0;
