@@ -377,7 +377,7 @@ async def test_deadband_reports_on_change_and_on_heartbeat(tmp_path: Path) -> No
             assert _values(list(await driver.read())) == {"always": 7}
             await server.context.async_setValues(1, 3, 0, [1060])  # +0.6 since the last report
             assert _values(list(await driver.read())) == {"energy": 10.6, "always": 7}
-            driver._last[0].ts -= 3600 * 1000  # the heartbeat is due
+            driver._reported._last[0].ts -= 3600 * 1000  # the heartbeat is due
             assert _values(list(await driver.read())) == {"energy": 10.6, "always": 7}
         finally:
             await harness.aclose()

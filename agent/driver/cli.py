@@ -69,7 +69,7 @@ def line_arguments(
     parser.add_argument(
         "--parity", type=parity, default=parity_default, help=f"default {parity_default}"
     )
-    parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1, help="default 1")
     if not agent:
         return
     where = parser.add_argument_group(

@@ -134,7 +134,7 @@ def add_commands(
         "between its polls. Exit codes: 0 found, 1 none found, 2 the line cannot be used.",
     )
     line_arguments(p, baud=2400, parity_default="even")
-    p.add_argument("--version", type=int, choices=(2007, 1997), default=2007)
+    p.add_argument("--version", type=int, choices=(2007, 1997), default=2007, help="default 2007")
     p.add_argument("--search", action="store_true", help="find several meters on the line")
     p.add_argument("--timeout", type=float, default=0.5, help="seconds per frame (default 0.5)")
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
@@ -157,8 +157,8 @@ def add_commands(
         help="a meter's address (repeat for several)",
     )
     s.add_argument("--meters", type=int, default=1, help="this many, numbered from the first")
-    s.add_argument("--version", type=int, choices=(2007, 1997), default=2007)
-    s.add_argument("--phases", type=int, choices=(1, 3), default=1)
+    s.add_argument("--version", type=int, choices=(2007, 1997), default=2007, help="default 2007")
+    s.add_argument("--phases", type=int, choices=(1, 3), default=1, help="default 1")
     s.add_argument("--answer-delay-ms", type=float, default=20, help="the meters' reply delay")
     s.add_argument(
         "--fault",
