@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from agent.driver.bcd import address_bytes, address_text, from_bcd, is_bcd, sum8, to_bcd
@@ -265,29 +265,28 @@ class Fmt:
 
     pattern: str
     signed: bool = False
+    size: int = field(init=False, compare=False, repr=False)
+    """Bytes: two digits each (``XXX`` whole volts of a 1997 meter take two)."""
+    decimals: int = field(init=False, compare=False, repr=False)
+    kind: Literal["number", "date", "time", "datetime", "text"] = field(
+        init=False, compare=False, repr=False
+    )
 
-    @property
-    def size(self) -> int:
-        """Bytes: two digits each (``XXX`` whole volts of a 1997 meter take two)."""
-        return (len(self.pattern.replace(".", "")) + 1) // 2
-
-    @property
-    def decimals(self) -> int:
-        whole, _, frac = self.pattern.partition(".")
-        del whole
-        return len(frac)
-
-    @property
-    def kind(self) -> Literal["number", "date", "time", "datetime", "text"]:
-        if self.pattern in ("YYMMDDWW", "YYMMDD"):
-            return "date"
-        if self.pattern == "hhmmss":
-            return "time"
-        if self.pattern in ("YYMMDDhhmm", "YYMMDDhhmmss"):
-            return "datetime"
-        if set(self.pattern) == {"N"}:
-            return "text"
-        return "number"
+    def __post_init__(self) -> None:
+        # Worked out once: a poll decodes every value with them.
+        pattern = self.pattern
+        object.__setattr__(self, "size", (len(pattern.replace(".", "")) + 1) // 2)
+        object.__setattr__(self, "decimals", len(pattern.partition(".")[2]))
+        kind: Literal["number", "date", "time", "datetime", "text"] = "number"
+        if pattern in ("YYMMDDWW", "YYMMDD"):
+            kind = "date"
+        elif pattern == "hhmmss":
+            kind = "time"
+        elif pattern in ("YYMMDDhhmm", "YYMMDDhhmmss"):
+            kind = "datetime"
+        elif set(pattern) == {"N"}:
+            kind = "text"
+        object.__setattr__(self, "kind", kind)
 
 
 def _not_available(raw: bytes) -> bool:
@@ -308,9 +307,10 @@ def decode_value(fmt: Fmt, raw: bytes) -> float | int | str | None:
         if fmt.signed:
             negative = bool(body[-1] & 0x80)
             body[-1] &= 0x7F
-        if not is_bcd(body):
-            raise Dlt645Error("bad_value", f"not BCD: {raw.hex(' ')}")
-        number = from_bcd(body)
+        try:
+            number = from_bcd(body)
+        except ValueError:
+            raise Dlt645Error("bad_value", f"not BCD: {raw.hex(' ')}") from None
         if negative:
             number = -number
         if fmt.decimals == 0:
