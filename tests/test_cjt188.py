@@ -27,7 +27,6 @@ from peers.modbus_peers import async_wait_until
 from pydantic import ValidationError
 from test_bus import reads, run_until, stop
 
-import drivers
 from agent.clock import Clock
 from agent.config.errors import ConfigError
 from agent.config.loader import load_config
@@ -55,23 +54,8 @@ from drivers.dlt645.cli import add_commands as dlt645_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "drivers" / "cjt188"
-SPEC = drivers.DriverSpec(
-    "cjt188",
-    "drivers.cjt188.config:Cjt188Device",
-    "drivers.cjt188.driver:Cjt188Driver",
-    extra="cjt188",
-    cli="drivers.cjt188.cli:add_commands",
-    tools=(("scan", "drivers.cjt188.tools:scan"),),
-    peer="drivers.cjt188.simulator:line_device",
-)
 WATER = "78330011223344"
 HEAT = "00000040314132"
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until drivers/__init__.py lists the family (the same spec, so nothing changes then).
-    monkeypatch.setitem(drivers.DRIVERS, "cjt188", SPEC)
 
 
 @contextlib.contextmanager

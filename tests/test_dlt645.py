@@ -1,6 +1,7 @@
 """The DL/T 645 driver on real lines: socat pty pairs with the simulated meters on the other end
 (drivers/dlt645/simulator.py, at 2400 Bd wire time), through the driver alone and through the
-real runtime; the installer's scan; and the cross-check against the PyPI ``dlt645`` package."""
+real runtime, also on a line shared with CJ/T 188 meters; the installer's scan. The cross-check
+against the PyPI ``dlt645`` package is tests/test_dlt645_crosscheck.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 from agent_proc import AgentProcess, buffer_records, write_config
-from peers.modbus_peers import PtyPair
+from peers.modbus_peers import PtyPair, async_wait_until
 from test_bus import reads, run_until, stop
 from test_fairness import achieved_intervals
 
@@ -28,6 +29,7 @@ from agent.driver.simulation import LineDevice, serve_line
 from agent.driver.testing import Standalone
 from agent.records import Quality, Reading
 from agent.runtime import Runtime
+from drivers.cjt188.simulator import SimulatedMeter as WaterMeter
 from drivers.dlt645.driver import Dlt645Driver
 from drivers.dlt645.simulator import SimulatedMeter
 from drivers.dlt645.tools import scan
@@ -254,6 +256,72 @@ async def test_a_saturated_line_gives_short_and_long_plans_the_same_share(tmp_pa
     # interval asked of it.
     assert figures["utilisation"] > 0.8, figures
     assert figures["cycle_s"] > figures["interval_s"] == 1, figures
+
+
+async def test_a_line_mixing_dlt645_and_cjt188_meters(tmp_path: Path) -> None:
+    """Household electricity meters and water meters on one line: each protocol's meters ignore
+    the other's frames, every meter keeps its interval, and a valve command goes through while
+    the electricity meters are polled around it."""
+    electricity = [SimulatedMeter(address=address(n)) for n in (1, 2, 3)]
+    water = [
+        WaterMeter(address="78330011223301", valve=True),
+        WaterMeter(address="00000040314102", meter_type="heat", di_order="high_first"),
+    ]
+    async with simulated_line(tmp_path, [*electricity, *water]) as pty:
+        devices = [meter(n, interval_s=3, points=["energy_import", "voltage_a"]) for n in (1, 2, 3)]
+        devices += [
+            {
+                "id": "w1",
+                "driver": "cjt188",
+                "bus": "line",
+                "address": water[0].address,
+                "meter_type": "cold_water",
+                "valve": True,
+                "commands": ["valve.close"],
+                "interval_s": 3,
+            },
+            {
+                "id": "h2",
+                "driver": "cjt188",
+                "bus": "line",
+                "address": water[1].address,
+                "meter_type": "heat",
+                "di_order": "high_first",
+                "interval_s": 3,
+            },
+        ]
+        path = line_config(tmp_path, pty, devices)
+        runtime = Runtime(load_config(path), clock=Clock("always"))
+        ids = [d["id"] for d in devices]
+        task = await run_until(
+            runtime, lambda: all(reads(runtime, i) >= 2 for i in ids), what="two polls of each"
+        )
+        result = await runtime.execute_command(
+            "w1", "valve.close", {}, source="test", command_id="c1"
+        )
+        await async_wait_until(
+            lambda: all(reads(runtime, i) >= 6 for i in ids), what="six polls of each", timeout_s=90
+        )
+        counters = {i: dict(runtime.state.devices[i].driver_counters) for i in ids}
+        await stop(runtime, task)
+    assert result["confirmed"] is True
+    assert water[0].valve_operations == 1
+    records = buffer_records(tmp_path / "buffer.db")
+    achieved = achieved_intervals(records, ids, skip=1)
+    for device, interval in achieved.items():
+        assert abs(interval - 3) <= 0.3, (device, achieved)
+    readings = [r for r in records if r["kind"] == "reading"]
+    assert {r["device"] for r in readings} == set(ids)
+    assert all(r["quality"] == "good" for r in readings), [
+        r for r in readings if r["quality"] != "good"
+    ][:3]
+    assert {r["point"] for r in readings if r["device"] == "m1"} == {"energy_import", "voltage_a"}
+    assert any(r["point"] == "supply_temp" for r in readings if r["device"] == "h2")
+    # Nobody saw a frame of the other protocol as a reply of theirs.
+    failures = {"garbage", "checksum_error", "wrong_address", "wrong_reply", "timeout"}
+    assert all(not failures & set(c) for c in counters.values()), counters
+    statuses = [r for r in records if r["kind"] == "status" and r["state"] != "online"]
+    assert statuses == []
 
 
 async def test_scan_finds_one_meter_by_the_wildcard_and_many_by_search(tmp_path: Path) -> None:
