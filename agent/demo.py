@@ -53,12 +53,15 @@ def _write_keys(state: Path, gateway_id: str) -> Path:
 
 
 def _meter_line() -> list[dict[str, Any]]:
-    """The demo's household meters: one stairwell's DL/T 645 electricity meters (one of them an
-    older 1997 meter) on one RS-485 line."""
+    """The demo's household meters on one RS-485 line, as one stairwell has them: per flat a
+    DL/T 645 electricity meter (one of them an older 1997 meter) and a CJ/T 188 cold-water meter
+    (the first with a valve the platform may close), and the stairwell's CJ/T 188 heat meter."""
     meters: list[dict[str, Any]] = []
+    water: list[dict[str, Any]] = []
     for floor in range(1, 4):
         for room in (1, 2):
             number = f"{floor}0{room}"
+            location = {"building": "5", "unit": "1", "floor": floor, "room": number}
             meters.append(
                 {
                     "id": f"em-b5-{number}",
@@ -67,11 +70,34 @@ def _meter_line() -> list[dict[str, Any]]:
                     "bus": METER_LINE,
                     "address": f"0000500{number}00",
                     "interval_s": 15,
-                    "location": {"building": "5", "unit": "1", "floor": floor, "room": number},
+                    "location": location,
+                }
+            )
+            water.append(
+                {
+                    "id": f"wm-b5-{number}",
+                    "driver": "cjt188",
+                    "name": f"5号楼1单元{number} 冷水表 (CJ/T 188, 模拟)",
+                    "bus": METER_LINE,
+                    "address": f"0000500{number}0001",
+                    "meter_type": "cold_water",
+                    "interval_s": 60,
+                    "location": location,
                 }
             )
     meters[-1] |= {"version": 1997, "name": "5号楼1单元302 旧电表 (DL/T 645-1997, 模拟)"}
-    return meters
+    water[0] |= {"valve": True, "commands": ["valve.close", "valve.open"]}
+    heat = {
+        "id": "hm-b5-1",
+        "driver": "cjt188",
+        "name": "5号楼1单元 热量表 (CJ/T 188, 模拟)",
+        "bus": METER_LINE,
+        "address": "00000050010099",
+        "meter_type": "heat",
+        "interval_s": 60,
+        "location": {"building": "5", "unit": "1"},
+    }
+    return [*meters, *water, heat]
 
 
 def write_demo_config(

@@ -92,10 +92,10 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
             lambda: (
                 (r := stored())
                 and {x["device"] for x in r if x["kind"] == "reading"}
-                >= {"meter-b3-101", "temp-plant-room"}
+                >= {"meter-b3-101", "temp-plant-room", "em-b5-101", "wm-b5-101", "hm-b5-1"}
                 and r
             ),
-            timeout_s=60,
+            timeout_s=90,
             what="simulated readings at the reference platform",
         )
         assert all(r["kind"] in ("reading", "event", "status") for r in records)
