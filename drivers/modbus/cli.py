@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from agent.driver.cli import BAUDS, ToolRunner, group, parity, run_locally, run_tool
 from drivers.modbus.codec import (
     DATA_TYPES,
     TABLES,
@@ -24,20 +24,7 @@ from drivers.modbus.codec import (
 if TYPE_CHECKING:
     from agent.config.models import Bus
 
-__all__ = ["ToolRunner", "add_commands", "parse_units", "run_locally"]
-
-
-class ToolRunner(Protocol):
-    """Runs ``driver``'s bus tool on ``bus``: through the running agent or locally. Raises
-    :class:`agent.driver.CommandError` when it cannot (``settings_differ``, ``no_port``...)."""
-
-    def __call__(
-        self, driver: str, tool: str, bus: Bus, options: dict[str, Any], args: argparse.Namespace
-    ) -> Mapping[str, Any]: ...
-
-
-_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-_PARITY = {"none": "none", "n": "none", "even": "even", "e": "even", "odd": "odd", "o": "odd"}
+__all__ = ["add_commands", "parse_units"]
 
 
 def parse_units(text: str) -> list[int]:
@@ -56,35 +43,14 @@ def parse_units(text: str) -> list[int]:
     return units
 
 
-def _parity(text: str) -> str:
-    try:
-        return _PARITY[text.lower()]
-    except KeyError:
-        raise argparse.ArgumentTypeError("parity is none, even or odd (or N, E, O)") from None
-
-
-def _protocols(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """The ``scan``/``read`` command's own sub-commands, shared with other drivers' tools."""
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=text, description=text)
-        return parser.add_subparsers(dest=f"{name}_protocol", required=True, metavar="PROTOCOL")
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise ValueError(f"the {name!r} command has no protocol sub-commands")
-
-
 def _line_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port, e.g. /dev/serial/by-id/usb-FTDI_...")
     where.add_argument("--host", help="Modbus TCP device or RTU-over-TCP gateway")
     parser.add_argument(
-        "--baud", type=int, choices=_BAUDS, default=9600, metavar="BAUD", help="with --port"
+        "--baud", type=int, choices=BAUDS, default=9600, metavar="BAUD", help="with --port"
     )
-    parser.add_argument("--parity", type=_parity, default="none", help="none, even or odd")
+    parser.add_argument("--parity", type=parity, default="none", help="none, even or odd")
     parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1, help="with --port")
     parser.add_argument("--tcp-port", type=int, default=502, help="with --host (default 502)")
     parser.add_argument(
@@ -115,9 +81,9 @@ def add_commands(
     ``runner`` the tools always open the port themselves (:func:`run_locally`). Modbus has no
     command aliases (``command``: the core's way to run a device command through the agent)."""
     del command
-    run_tool = runner or run_locally
-    scan = _protocols(subparsers, "scan", "find the devices on a bus (installer tool)")
-    read = _protocols(subparsers, "read", "one-off read of a device (commissioning)")
+    runner = runner or run_locally
+    scan = group(subparsers, "scan", "find the devices on a bus (installer tool)")
+    read = group(subparsers, "read", "one-off read of a device (commissioning)")
 
     p = scan.add_parser(
         "modbus",
@@ -132,7 +98,7 @@ def add_commands(
     p.add_argument("--timeout", type=float, default=0.2, help="seconds per unit (default 0.2)")
     p.add_argument("--no-profiles", action="store_true", help="do not try the built-in profiles")
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
-    p.set_defaults(func=lambda args: _scan(args, run_tool))
+    p.set_defaults(func=lambda args: _scan(args, runner))
 
     r = read.add_parser(
         "modbus",
@@ -156,7 +122,7 @@ def add_commands(
     r.add_argument("--timeout", type=float, default=1.0, help="seconds per request (default 1)")
     r.add_argument("--retries", type=int, default=1, help="tries after the first")
     r.add_argument("--json", action="store_true", help="readings as JSON lines")
-    r.set_defaults(func=lambda args: _read(args, run_tool))
+    r.set_defaults(func=lambda args: _read(args, runner))
 
 
 # --- shared ---------------------------------------------------------------------------------------
@@ -173,37 +139,6 @@ def _bus(args: argparse.Namespace) -> Bus:
     return Bus(id="cli", tcp=TcpBus(host=args.host, port=args.tcp_port, framer=args.framer))
 
 
-def run_locally(
-    driver: str, tool: str, bus: Bus, options: dict[str, Any], args: argparse.Namespace
-) -> Mapping[str, Any]:
-    """Open the bus here and run the tool on it."""
-    del args
-    from agent.driver.testing import run_tool_locally  # noqa: PLC0415
-
-    return run_tool_locally(driver, tool, bus, options)
-
-
-def _quiet_logs() -> None:
-    from agent.driver.testing import quiet_logs  # noqa: PLC0415
-
-    # The tools print their own results; the driver's log lines would only interleave.
-    quiet_logs()
-
-
-def _run(
-    runner: ToolRunner, tool: str, bus: Bus, options: dict[str, Any], args: argparse.Namespace
-) -> Mapping[str, Any] | None:
-    from agent.driver import CommandError  # noqa: PLC0415
-
-    try:
-        return runner("modbus", tool, bus, options, args)
-    except ImportError as exc:
-        print(f"{exc}", file=sys.stderr)
-    except CommandError as exc:
-        print(f"{exc.reason}: {exc}", file=sys.stderr)
-    return None
-
-
 # --- scan -----------------------------------------------------------------------------------------
 
 _HINTS = {
@@ -215,13 +150,12 @@ _HINTS = {
 
 
 def _scan(args: argparse.Namespace, runner: ToolRunner) -> int:
-    _quiet_logs()
     bus = _bus(args)
     options = {"units": args.units, "timeout_s": args.timeout, "profiles": not args.no_profiles}
     where = args.port or f"{args.host}:{args.tcp_port}"
     if sys.stderr.isatty():
         print(f"{where}: asking {len(args.units)} unit id(s)...", file=sys.stderr, flush=True)
-    result = _run(runner, "scan", bus, options, args)
+    result = run_tool(runner, "modbus", "scan", bus, options, args)
     if result is None:
         return 2
     if "error" in result:
@@ -266,7 +200,6 @@ def _scan(args: argparse.Namespace, runner: ToolRunner) -> int:
 
 
 def _read(args: argparse.Namespace, runner: ToolRunner) -> int:
-    _quiet_logs()
     bus = _bus(args)
     device: dict[str, Any] = {"unit": args.unit, "timeout_s": args.timeout, "retries": args.retries}
     if args.profile:
@@ -285,7 +218,7 @@ def _read(args: argparse.Namespace, runner: ToolRunner) -> int:
     elif not args.profile:
         print("give --profile or --address", file=sys.stderr)
         return 2
-    result = _run(runner, "read", bus, {"device": device}, args)
+    result = run_tool(runner, "modbus", "read", bus, {"device": device}, args)
     if result is None:
         return 2
     if "config_errors" in result:
