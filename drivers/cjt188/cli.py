@@ -10,11 +10,19 @@ argparse.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+from collections.abc import Mapping
 from typing import Any
 
-from agent.driver.cli import ToolRunner, group, line_arguments, run_locally, run_tool, serial_bus
+from agent.driver.cli import (
+    ToolRunner,
+    group,
+    line_arguments,
+    run_locally,
+    scan_line,
+    serve_simulated,
+    simulate_arguments,
+    simulated_addresses,
+)
 
 __all__ = ["add_commands"]
 
@@ -31,73 +39,30 @@ _TYPES = (
 """As :data:`drivers.cjt188.config.MeterType` (not imported: the parser imports no driver)."""
 
 
-def _address(text: str) -> str:
-    digits = text.strip()
-    if not digits.isdigit() or not digits.isascii() or len(digits) > 14:
-        raise argparse.ArgumentTypeError(f"an address is up to 14 digits: {text!r}")
-    return digits.rjust(14, "0")
-
-
-def _fault(text: str) -> tuple[str, str]:
-    address, sep, fault = text.partition(":")
-    if not sep or fault not in _FAULTS:
-        raise argparse.ArgumentTypeError(
-            f"ADDRESS:FAULT with FAULT one of {', '.join(_FAULTS)}: {text!r}"
-        )
-    return _address(address), fault
-
-
 def _simulate(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
-
-    import serial  # noqa: PLC0415
-
-    from agent.driver.simulation import serve_line  # noqa: PLC0415
     from drivers.cjt188.simulator import SimulatedMeter  # noqa: PLC0415
 
-    first = int(args.address[0])
-    addresses = list(args.address) + [
-        str(first + n).rjust(14, "0") for n in range(1, args.meters - len(args.address) + 1)
-    ]
-    faults: dict[str, set[Any]] = {}
-    for address, fault in args.fault:
-        faults.setdefault(address, set()).add(fault)
     meters = [
         SimulatedMeter(
-            address=a,
+            address=address,
             meter_type=args.type,
             di_order=args.di_order,
             valve=args.valve,
-            battery_low=a in args.battery_low,
-            faults=faults.get(a, set()),
+            battery_low=address in args.battery_low,
+            faults=faults,
             answer_delay_s=args.answer_delay_ms / 1000,
         )
-        for a in addresses
+        for address, faults in simulated_addresses(args)
     ]
-    parity = {"none": "N", "even": "E", "odd": "O"}[args.parity]
-    try:
-        port = serial.Serial(args.port, args.baud, parity=parity, stopbits=args.stop_bits)
-    except (OSError, serial.SerialException) as exc:
-        print(f"cannot open {args.port}: {exc}", file=sys.stderr)
-        return 2
-    bits = 9 + (args.parity != "none") + args.stop_bits
-    print(
-        f"{len(meters)} simulated CJ/T 188 {args.type} meter(s) on {args.port}: "
-        f"{', '.join(addresses)}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        asyncio.run(serve_line(port.fileno(), meters, char_s=bits / args.baud))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        port.close()
-    operations = sum(m.valve_operations for m in meters)
-    print(f"{sum(m.frames_answered for m in meters)} frame(s) answered, {operations} valve move(s)")
-    return 0
+    what = f"{len(meters)} simulated CJ/T 188 {args.type} meter(s)"
+    code = serve_simulated(args, meters, f"{what}: {', '.join(m.address for m in meters)}")
+    if code == 0:
+        moves = sum(m.valve_operations for m in meters)
+        print(f"{sum(m.frames_answered for m in meters)} frame(s) answered, {moves} valve move(s)")
+    return code
 
 
-def _detail(meter: dict[str, Any]) -> str:
+def _detail(meter: Mapping[str, Any]) -> str:
     if "confirm_error" in meter:
         return str(meter["confirm_error"])
     values: dict[str, Any] = meter.get("values", {})
@@ -112,37 +77,9 @@ def _detail(meter: dict[str, Any]) -> str:
 
 def _scan(args: argparse.Namespace, runner: ToolRunner) -> int:
     options = {"meter_type": args.type, "timeout_s": args.timeout, "search": args.search}
-    if sys.stderr.isatty():
-        what = "searching" if args.search else "asking the wildcard address"
-        print(f"{args.port}: {what}...", file=sys.stderr, flush=True)
-    result = run_tool(runner, "cjt188", "scan", serial_bus(args), options, args)
-    if result is None:
-        return 2
-    if "error" in result:
-        print(f"{result['where']}: {result['error']}", file=sys.stderr)
-        return 2
-    meters = result["meters"]
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-        return 0 if meters else 1
-    for meter in meters:
-        print(f"meter {meter['address']}  {meter['type']}  ({meter['found_by']})  {_detail(meter)}")
-    for address in result.get("phantoms", []):
-        print(
-            f"{address} answered, but not at its full address: collided replies, not a meter",
-            file=sys.stderr,
-        )
-    for address in result["unresolved"]:
-        print(f"{address}: more than one meter answers this address (two with one address?)")
-    if not meters:
-        print(f"{result['where']}: no meter answered ({result['frames']} frame(s))")
-    if "hint" in result:
-        print(result["hint"], file=sys.stderr)
-    print(
-        f"{result['frames']} frame(s), {result['collisions']} collision(s), {result['seconds']} s",
-        file=sys.stderr,
+    return scan_line(
+        runner, "cjt188", options, args, lambda m: f"{m['type']}  ({m['found_by']})  {_detail(m)}"
     )
-    return 0 if meters else 1
 
 
 def add_commands(
@@ -181,14 +118,7 @@ def add_commands(
         "--baud. Exit codes: 0 stopped, 2 the port cannot be used.",
     )
     line_arguments(s, baud=2400, parity_default="even", agent=False)
-    s.add_argument(
-        "--address",
-        type=_address,
-        action="append",
-        required=True,
-        help="a meter's address (repeat for several)",
-    )
-    s.add_argument("--meters", type=int, default=1, help="this many, numbered from the first")
+    address = simulate_arguments(s, digits=14, faults=_FAULTS, answer_delay_ms=50)
     s.add_argument("--type", choices=_TYPES, default="cold_water", help="default cold_water")
     s.add_argument(
         "--di-order",
@@ -199,19 +129,10 @@ def add_commands(
     s.add_argument("--valve", action="store_true", help="the meters have valves")
     s.add_argument(
         "--battery-low",
-        type=_address,
+        type=address,
         action="append",
         default=[],
         metavar="ADDRESS",
         help="a meter whose battery is low",
-    )
-    s.add_argument("--answer-delay-ms", type=float, default=50, help="the meters' reply delay")
-    s.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="ADDRESS:FAULT",
-        help=f"a meter that misbehaves: {', '.join(_FAULTS)}",
     )
     s.set_defaults(func=_simulate)

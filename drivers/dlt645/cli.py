@@ -9,110 +9,54 @@ agent's config and the scan without meters. Building the parser imports nothing 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+from collections.abc import Mapping
 from typing import Any
 
-from agent.driver.cli import ToolRunner, group, line_arguments, run_locally, run_tool, serial_bus
+from agent.driver.cli import (
+    ToolRunner,
+    group,
+    line_arguments,
+    run_locally,
+    scan_line,
+    serve_simulated,
+    simulate_arguments,
+    simulated_addresses,
+)
 
 __all__ = ["add_commands"]
 
 _FAULTS = ("silent", "garbage", "checksum", "truncated", "no_blocks")
 
 
-def _address(text: str) -> str:
-    digits = text.strip()
-    if not digits.isdigit() or len(digits) > 12:
-        raise argparse.ArgumentTypeError(f"an address is up to 12 digits: {text!r}")
-    return digits.rjust(12, "0")
-
-
-def _fault(text: str) -> tuple[str, str]:
-    address, sep, fault = text.partition(":")
-    if not sep or fault not in _FAULTS:
-        raise argparse.ArgumentTypeError(
-            f"ADDRESS:FAULT with FAULT one of {', '.join(_FAULTS)}: {text!r}"
-        )
-    return _address(address), fault
-
-
 def _simulate(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
-
-    import serial  # noqa: PLC0415
-
-    from agent.driver.simulation import serve_line  # noqa: PLC0415
     from drivers.dlt645.simulator import SimulatedMeter  # noqa: PLC0415
 
-    first = int(args.address[0])
-    addresses = list(args.address) + [
-        str(first + n).rjust(12, "0") for n in range(1, args.meters - len(args.address) + 1)
-    ]
-    faults: dict[str, set[Any]] = {}
-    for address, fault in args.fault:
-        faults.setdefault(address, set()).add(fault)
     meters = [
         SimulatedMeter(
-            address=a,
+            address=address,
             version=args.version,
             phases=args.phases,
-            faults=faults.get(a, set()),
+            faults=faults,
             answer_delay_s=args.answer_delay_ms / 1000,
         )
-        for a in addresses
+        for address, faults in simulated_addresses(args)
     ]
-    parity = {"none": "N", "even": "E", "odd": "O"}[args.parity]
-    try:
-        port = serial.Serial(args.port, args.baud, parity=parity)
-    except (OSError, serial.SerialException) as exc:
-        print(f"cannot open {args.port}: {exc}", file=sys.stderr)
-        return 2
-    bits = 10 + (args.parity != "none")
-    print(
-        f"{len(meters)} simulated DL/T 645-{args.version} meter(s) on {args.port}: "
-        f"{', '.join(addresses)}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        asyncio.run(serve_line(port.fileno(), meters, char_s=bits / args.baud))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        port.close()
-    print(f"{sum(m.frames_answered for m in meters)} frame(s) answered")
-    return 0
+    what = f"{len(meters)} simulated DL/T 645-{args.version} meter(s)"
+    code = serve_simulated(args, meters, f"{what}: {', '.join(m.address for m in meters)}")
+    if code == 0:
+        print(f"{sum(m.frames_answered for m in meters)} frame(s) answered")
+    return code
+
+
+def _describe(meter: Mapping[str, Any]) -> str:
+    energy = meter.get("energy_import_kwh")
+    detail = f"{energy} kWh" if energy is not None else meter.get("confirm_error", "")
+    return f"({meter['found_by']})  {detail}"
 
 
 def _scan(args: argparse.Namespace, runner: ToolRunner) -> int:
     options = {"version": args.version, "timeout_s": args.timeout, "search": args.search}
-    if sys.stderr.isatty():
-        what = "searching" if args.search else "asking the wildcard address"
-        print(f"{args.port}: {what}...", file=sys.stderr, flush=True)
-    result = run_tool(runner, "dlt645", "scan", serial_bus(args), options, args)
-    if result is None:
-        return 2
-    if "error" in result:
-        print(f"{result['where']}: {result['error']}", file=sys.stderr)
-        return 2
-    meters = result["meters"]
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-        return 0 if meters else 1
-    for meter in meters:
-        energy = meter.get("energy_import_kwh")
-        detail = f"{energy} kWh" if energy is not None else meter.get("confirm_error", "")
-        print(f"meter {meter['address']}  ({meter['found_by']})  {detail}")
-    for address in result["unresolved"]:
-        print(f"{address}: more than one meter answers this address (two with one address?)")
-    if not meters:
-        print(f"{result['where']}: no meter answered ({result['frames']} frame(s))")
-    if "hint" in result:
-        print(result["hint"], file=sys.stderr)
-    print(
-        f"{result['frames']} frame(s), {result['collisions']} collision(s), {result['seconds']} s",
-        file=sys.stderr,
-    )
-    return 0 if meters else 1
+    return scan_line(runner, "dlt645", options, args, _describe)
 
 
 def add_commands(
@@ -149,23 +93,7 @@ def add_commands(
         "stopped, 2 the port cannot be used.",
     )
     line_arguments(s, baud=2400, parity_default="even", agent=False)
-    s.add_argument(
-        "--address",
-        type=_address,
-        action="append",
-        required=True,
-        help="a meter's address (repeat for several)",
-    )
-    s.add_argument("--meters", type=int, default=1, help="this many, numbered from the first")
+    simulate_arguments(s, digits=12, faults=_FAULTS, answer_delay_ms=20)
     s.add_argument("--version", type=int, choices=(2007, 1997), default=2007, help="default 2007")
     s.add_argument("--phases", type=int, choices=(1, 3), default=1, help="default 1")
-    s.add_argument("--answer-delay-ms", type=float, default=20, help="the meters' reply delay")
-    s.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="ADDRESS:FAULT",
-        help=f"a meter that misbehaves: {', '.join(_FAULTS)}",
-    )
     s.set_defaults(func=_simulate)
