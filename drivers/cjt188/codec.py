@@ -32,7 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from agent.driver import frames68
 from agent.driver.bcd import address_bytes, address_text, from_bcd, is_bcd, sum8, to_bcd
+from agent.driver.frames68 import END, START, frame_end
 
 __all__ = [
     "ABNORMAL",
@@ -84,8 +86,6 @@ ADDRESS_SIZE: Final = 7
 WILDCARD: Final = b"\xaa" * ADDRESS_SIZE
 ANY_TYPE: Final = 0xAA
 PREAMBLE: Final = b"\xfe\xfe\xfe\xfe"
-START: Final = 0x68
-END: Final = 0x16
 HEADER: Final = 11
 """68 T A0..A6 C L."""
 
@@ -232,27 +232,13 @@ def _frame_at(buf: bytes | bytearray, i: int) -> int:
     if it cannot be one."""
     if not _plausible(buf, i):
         return -1
-    n = len(buf)
-    if n - i < HEADER:
-        return 0
-    end = i + HEADER + buf[i + 10] + 2
-    if n < end:
-        return 0
-    if buf[end - 1] != END or sum8(memoryview(buf)[i : end - 2]) != buf[end - 2]:
-        return -1
-    return end
+    return frame_end(buf, i, HEADER, 10)
 
 
 def find_frame(buf: bytes | bytearray) -> tuple[int, int] | None:
     """``(start, end)`` of the first complete, valid frame in ``buf`` (preamble and noise
     before it skipped), or None."""
-    i = buf.find(START)
-    while i >= 0:
-        end = _frame_at(buf, i)
-        if end > 0:
-            return i, end
-        i = buf.find(START, i + 1)
-    return None
+    return frames68.find_frame(buf, _frame_at)
 
 
 def reply_length(buf: bytes) -> int:

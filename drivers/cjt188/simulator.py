@@ -25,6 +25,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
+from agent.driver.frames68 import FrameStream, addressed, spoil
 from drivers.cjt188.codec import (
     ABNORMAL,
     CURRENT,
@@ -108,7 +109,7 @@ class SimulatedMeter:
     """The identifier bytes of the last request it answered, as they came."""
     _code: int = 0
     _wire: bytes = b""
-    _rx: bytearray = field(default_factory=bytearray)
+    _stream: FrameStream = field(default_factory=lambda: FrameStream(find_frame))
     _random: random.Random = field(default_factory=random.Random)
     _last: float = 0.0
     _volume: float = 0.0
@@ -203,42 +204,16 @@ class SimulatedMeter:
     # ------------------------------------------------------------------ the line
 
     def _for_me(self, meter_type: int, address: bytes) -> bool:
-        if meter_type not in (self._code, 0xAA):
-            return False
-        if address == self._wire:
-            return True
-        for i, byte in enumerate(address):
-            if byte == 0xAA:
-                return all(b == 0xAA for b in address[i:])
-            if byte != self._wire[i]:
-                return False
-        return False
+        return meter_type in (self._code, 0xAA) and addressed(address, self._wire)
 
     def hear(self, data: bytes, /) -> bytes | None:
         """Every frame in what the line carried; the replies to those meant for this meter."""
-        self._rx += data
         out = bytearray()
-        while True:
-            found = find_frame(self._rx)
-            if found is None:
-                del self._rx[: max(0, len(self._rx) - 300)]
-                break
-            raw = bytes(self._rx[found[0] : found[1]])
-            del self._rx[: found[1]]
+        for raw in self._stream.feed(data):
             reply = self.answer(decode(raw))
             if reply is not None:
-                out += self._wire_form(reply)
+                out += spoil(encode(reply, preamble=4), self.faults, self._random)
         return bytes(out) or None
-
-    def _wire_form(self, reply: Frame) -> bytes:
-        raw = encode(reply, preamble=4)
-        if "garbage" in self.faults:
-            return bytes(self._random.randrange(256) for _ in range(len(raw)))
-        if "checksum" in self.faults:
-            return raw[:-2] + bytes(((raw[-2] + 1) & 0xFF, raw[-1]))
-        if "truncated" in self.faults:
-            return raw[: len(raw) // 2]
-        return raw
 
     def _reply(self, function: int, di: int, ser: int, payload: bytes = b"") -> Frame:
         return Frame(

@@ -27,7 +27,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from agent.driver import frames68
 from agent.driver.bcd import address_bytes, address_text, from_bcd, is_bcd, sum8, to_bcd
+from agent.driver.frames68 import END, START, frame_end
 
 __all__ = [
     "ADDRESS_SIZE",
@@ -56,8 +58,6 @@ ADDRESS_SIZE: Final = 6
 WILDCARD: Final = b"\xaa" * ADDRESS_SIZE
 BROADCAST: Final = b"\x99" * ADDRESS_SIZE
 PREAMBLE: Final = b"\xfe\xfe\xfe\xfe"
-START: Final = 0x68
-END: Final = 0x16
 OFFSET: Final = 0x33
 HEADER: Final = 10
 """68 A0..A5 68 C L."""
@@ -160,30 +160,18 @@ def encode(frame: Frame, *, preamble: int = 4) -> bytes:
 def _frame_at(buf: bytes | bytearray, i: int) -> int:
     """The end of a valid frame starting at ``buf[i]`` (a 68), 0 if it is not complete yet, -1
     if it cannot be one."""
-    n = len(buf)
-    if n - i < HEADER:
+    if len(buf) - i < HEADER:
         # Not enough for a header yet: it can still become one unless the second 68 is wrong.
-        return 0 if n - i <= 7 or buf[i + 7] == START else -1
+        return 0 if len(buf) - i <= 7 or buf[i + 7] == START else -1
     if buf[i + 7] != START:
         return -1
-    end = i + HEADER + buf[i + 9] + 2
-    if n < end:
-        return 0
-    if buf[end - 1] != END or sum8(memoryview(buf)[i : end - 2]) != buf[end - 2]:
-        return -1
-    return end
+    return frame_end(buf, i, HEADER, 9)
 
 
 def find_frame(buf: bytes | bytearray) -> tuple[int, int] | None:
     """``(start, end)`` of the first complete, valid frame in ``buf`` (preamble and noise
     before it skipped), or None."""
-    i = buf.find(START)
-    while i >= 0:
-        end = _frame_at(buf, i)
-        if end > 0:
-            return i, end
-        i = buf.find(START, i + 1)
-    return None
+    return frames68.find_frame(buf, _frame_at)
 
 
 def reply_length(buf: bytes) -> int:

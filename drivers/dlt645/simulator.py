@@ -23,6 +23,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
+from agent.driver.frames68 import FrameStream, addressed, spoil
 from drivers.dlt645.codec import (
     ABNORMAL,
     FOLLOWS,
@@ -80,7 +81,7 @@ class SimulatedMeter:
     started: float = field(default_factory=time.monotonic)
     frames_answered: int = 0
     _wire: bytes = b""
-    _rx: bytearray = field(default_factory=bytearray)
+    _stream: FrameStream = field(default_factory=lambda: FrameStream(find_frame))
     _random: random.Random = field(default_factory=random.Random)
     _energy: list[float] = field(default_factory=list)
     _last: float = 0.0
@@ -187,45 +188,18 @@ class SimulatedMeter:
 
     # ------------------------------------------------------------------ the line
 
-    def _for_me(self, address: bytes) -> bool:
-        if address == self._wire:
-            return True
-        for i, byte in enumerate(address):
-            if byte == 0xAA:
-                return all(b == 0xAA for b in address[i:])
-            if byte != self._wire[i]:
-                return False
-        return False
-
     def hear(self, data: bytes, /) -> bytes | None:
         """Every frame in what the line carried; the replies to those meant for this meter."""
-        self._rx += data
         out = bytearray()
-        while True:
-            found = find_frame(self._rx)
-            if found is None:
-                del self._rx[: max(0, len(self._rx) - 300)]
-                break
-            raw = bytes(self._rx[found[0] : found[1]])
-            del self._rx[: found[1]]
+        for raw in self._stream.feed(data):
             reply = self.answer(decode(raw))
             if reply is not None:
-                out += self._wire_form(reply)
+                out += spoil(encode(reply, preamble=4), self.faults, self._random)
         return bytes(out) or None
-
-    def _wire_form(self, reply: Frame) -> bytes:
-        raw = encode(reply, preamble=4)
-        if "garbage" in self.faults:
-            return bytes(self._random.randrange(256) for _ in range(len(raw)))
-        if "checksum" in self.faults:
-            return raw[:-2] + bytes(((raw[-2] + 1) & 0xFF, raw[-1]))
-        if "truncated" in self.faults:
-            return raw[: len(raw) // 2]
-        return raw
 
     def answer(self, frame: Frame) -> Frame | None:
         """The reply to one frame (None: not for this meter, a broadcast, or silent)."""
-        if frame.is_reply or "silent" in self.faults or not self._for_me(frame.address):
+        if frame.is_reply or "silent" in self.faults or not addressed(frame.address, self._wire):
             return None
         self.frames_answered += 1
         function = frame.function
