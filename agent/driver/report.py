@@ -4,12 +4,13 @@ every minute does not send the same energy figure 1,440 times a day."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from agent.records import Quality, Value
+from agent.records import Quality, Reading, Value
 
-__all__ = ["OnChange"]
+__all__ = ["OnChange", "ReadPoint", "point_readings"]
 
 K = TypeVar("K")
 
@@ -44,3 +45,51 @@ class OnChange(Generic[K]):
         if due:
             self._last[key] = _Last(value, quality, ts)
         return due
+
+
+class ReadPoint(Protocol):
+    """What :func:`point_readings` needs of a driver's point."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def deadband(self) -> float | None: ...
+
+
+def point_readings(
+    device: str,
+    points: Sequence[ReadPoint],
+    values: Mapping[int, Value | None],
+    bad: Mapping[int, str],
+    ts: int,
+    synced: bool,
+    reported: OnChange[int],
+) -> list[Reading]:
+    """One poll's readings, in the points' order: ``values`` good and ``bad`` with their
+    reasons (both keyed by the point's index); a point in neither is left out, and so is a
+    point with a deadband whose value is not due."""
+    readings: list[Reading] = []
+    for key, point in enumerate(points):
+        if key in values:
+            value, quality, reason = values[key], Quality.GOOD, None
+        elif key in bad:
+            value, quality, reason = None, Quality.BAD, bad[key]
+        else:
+            continue
+        if point.deadband is not None and not reported.due(key, point.deadband, value, quality, ts):
+            continue
+        readings.append(
+            Reading(
+                device=device,
+                ts=ts,
+                ts_synced=synced,
+                point=point.name,
+                value=value,
+                unit=point.unit,
+                quality=quality,
+                reason=reason,
+            )
+        )
+    return readings

@@ -28,8 +28,8 @@ from pymodbus.pdu.register_message import (
 )
 
 from agent.driver import BusError, CommandError, CommandSpec, DeviceError, DriverContext
-from agent.driver.report import OnChange
-from agent.records import Quality, Reading, Record
+from agent.driver.report import OnChange, point_readings
+from agent.records import Record
 from drivers.modbus.codec import (
     BIT_TABLES,
     CodecError,
@@ -335,33 +335,9 @@ class ModbusDriver:
     def _records(
         self, values: dict[int, Value], bad: dict[int, str], ts: int, synced: bool
     ) -> list[Record]:
-        device = self.config.id
-        records: list[Record] = []
-        for key, point in enumerate(self.points):
-            if key in values:
-                value: Value | None = values[key]
-                quality, reason = Quality.GOOD, None
-            elif key in bad:
-                value, quality, reason = None, Quality.BAD, bad[key]
-            else:
-                continue
-            if point.deadband is not None and not self._reported.due(
-                key, point.deadband, value, quality, ts
-            ):
-                continue
-            records.append(
-                Reading(
-                    device=device,
-                    ts=ts,
-                    ts_synced=synced,
-                    point=point.name,
-                    value=value,
-                    unit=point.unit,
-                    quality=quality,
-                    reason=reason,
-                )
-            )
-        return records
+        return [
+            *point_readings(self.config.id, self.points, values, bad, ts, synced, self._reported)
+        ]
 
     # ------------------------------------------------------------------ commands
 
