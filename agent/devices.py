@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent.availability import Availability, DeviceHealth
-from agent.bus import BusHandle, SerialLine, TcpHost, link_event, open_bus
+from agent.bus import AnyBus, BusHandle, link_event, open_bus
 from agent.config.models import DeviceConfig, PolledDeviceConfig, StreamedDeviceConfig
 from agent.driver import (
     Driver,
@@ -117,13 +117,13 @@ class Devices:
         self._spawn = spawn
         self._inventory_changed = inventory_changed
         self.shared = SharedStore()
-        self.buses: dict[str, SerialLine | TcpHost] = {}
+        self.buses: dict[str, AnyBus] = {}
         self.units: dict[str, Unit] = {}
         self.entries: dict[str, DeviceEntry] = {}
 
     # ------------------------------------------------------------------ buses
 
-    def bus(self, config: Bus) -> SerialLine | TcpHost:
+    def bus(self, config: Bus) -> AnyBus:
         handle = self.buses.get(config.id)
         if handle is None:
             handle = self.buses[config.id] = open_bus(config, on_link=self._link_changed)

@@ -136,7 +136,7 @@ async def run_on_own_bus(
 
 
 def _own_bus(buses: Sequence[Bus], wanted: Mapping[str, Any]) -> Bus:
-    serial, tcp = wanted.get("serial"), wanted.get("tcp")
+    serial, tcp, ble = wanted.get("serial"), wanted.get("tcp"), wanted.get("ble")
     for bus in buses:
         if bus.serial is not None and isinstance(serial, Mapping):
             if os.path.realpath(bus.serial.port) != os.path.realpath(str(serial.get("port"))):
@@ -154,6 +154,12 @@ def _own_bus(buses: Sequence[Bus], wanted: Mapping[str, Any]) -> Bus:
             bus.tcp is not None
             and isinstance(tcp, Mapping)
             and (bus.tcp.host, bus.tcp.port) == (tcp.get("host"), tcp.get("port"))
+        ):
+            return bus
+        if (
+            bus.ble is not None
+            and isinstance(ble, Mapping)
+            and bus.ble.adapter == ble.get("adapter")
         ):
             return bus
     raise CommandError("not_my_bus", "the agent does not use that bus")

@@ -61,6 +61,13 @@ DRIVERS: dict[str, DriverSpec] = {
     spec.name: spec
     for spec in (
         DriverSpec(
+            "ble",
+            "drivers.ble.config:BleTag",
+            "drivers.ble.driver:BleDriver",
+            extra="ble",
+            scope="bus",
+        ),
+        DriverSpec(
             "cjt188",
             "drivers.cjt188.config:Cjt188Device",
             "drivers.cjt188.driver:Cjt188Driver",

@@ -50,9 +50,10 @@ def test_no_tag_is_away_while_the_scanner_is_unhealthy_nor_right_after() -> None
     assert kinds(tag.sweep(last + 661, scanner_healthy=True)) == ["away"]
 
 
-def test_a_configured_timeout_is_not_below_the_floor() -> None:
-    assert TagTracker(tag_class="wristband", away_after_s=10).timeout_s() == 60
-    assert TagTracker(tag_class="wristband", away_after_s=120).timeout_s() == 120
+def test_a_configured_timeout_is_the_installers_choice() -> None:
+    assert TagTracker(tag_class="wristband", away_after_s=10).timeout_s() == 10
+    assert TagTracker(tag_class="sensor", away_after_s=120).timeout_s() == 120
+    assert TagTracker(tag_class="sensor").timeout_s() == 600
 
 
 def test_rssi_is_smoothed_and_published_on_change_at_a_bounded_rate() -> None:

@@ -14,9 +14,11 @@ DRIVER_CONTRACT = (
     "agent.records",
     "agent.config.models",
     "agent.config.errors",
+    "agent.backoff",
 )
 """What a driver may import of the core: the driver contract (with its testing helpers), the
-bus handles it is given, records, and the config base models with their error helpers."""
+bus handles it is given, records, the config base models with their error helpers, and the one
+backoff formula."""
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

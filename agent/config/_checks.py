@@ -53,7 +53,7 @@ def _bus_kind(raw: dict[str, Any]) -> str | None:
     except ValidationError:
         # Still declared for reference checks; its own errors are reported by validation.
         return None
-    return "serial" if bus.serial is not None else "tcp"
+    return bus.kind
 
 
 def _check_bus(

@@ -23,6 +23,7 @@ __all__ = [
     "IDENT",
     "PASSWORD_HASH",
     "AgentConfig",
+    "BleBus",
     "BufferConfig",
     "Bus",
     "ClockConfig",
@@ -203,18 +204,40 @@ class TcpBus(StrictModel):
     max_in_flight: Annotated[int, Field(ge=1, le=16)] = 1
 
 
+class BleBus(StrictModel):
+    """A Bluetooth adapter the gateway listens with (BlueZ's name for it)."""
+
+    adapter: Annotated[str, Field(pattern=r"^hci[0-9]{1,2}$")] = "hci0"
+    mode: Literal["active", "passive"] = "active"
+    """active: ask for scan responses (names, more data; more radio traffic)."""
+    silent_s: Annotated[float, Field(ge=2, le=3600)] = 120.0
+    """A scanner that hears no advert at all for this long is restarted (then less often while
+    the air stays quiet)."""
+
+
 class Bus(StrictModel):
     id: Ident
     serial: SerialBus | None = None
     tcp: TcpBus | None = None
+    ble: BleBus | None = None
 
     @model_validator(mode="after")
     def _one_transport(self) -> Bus:
-        if self.serial is not None and self.tcp is not None:
-            raise ValueError("give only one of 'serial' or 'tcp': a bus is one line or one host")
-        if self.serial is None and self.tcp is None:
-            raise ValueError("missing 'serial' or 'tcp': say how the bus is reached")
+        given = [k for k in ("serial", "tcp", "ble") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give only one of {' or '.join(repr(k) for k in given)}: a bus is one line, "
+                "one host or one adapter"
+            )
+        if not given:
+            raise ValueError("missing 'serial', 'tcp' or 'ble': say how the bus is reached")
         return self
+
+    @property
+    def kind(self) -> Literal["serial", "tcp", "ble"]:
+        if self.serial is not None:
+            return "serial"
+        return "tcp" if self.tcp is not None else "ble"
 
     @property
     def max_in_flight(self) -> int:

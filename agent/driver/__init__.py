@@ -156,7 +156,8 @@ class DriverContext:
     devices: tuple[DeviceConfig, ...]
     """The device (``device`` scope) or every device of the driver on the bus (``bus`` scope)."""
     bus: BusHandle | None
-    """The bus's :class:`agent.bus.SerialLine` or :class:`agent.bus.TcpHost`; None without one."""
+    """The bus's :class:`agent.bus.SerialLine`, :class:`agent.bus.TcpHost` or
+    :class:`agent.bus.BleAdapter`; None without one."""
     sink: RecordSink
     push: Push
     stamp: Callable[[], tuple[int, bool]]

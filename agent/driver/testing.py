@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.bus import BusHandle, SerialLine, TcpHost, link_event, open_bus
+from agent.bus import AnyBus, BusHandle, link_event, open_bus
 from agent.driver import DriverContext, ForeignRecordError, GatewayIdentity
 from agent.driver.shared import SharedStore
 from agent.logs import get_logger
@@ -71,7 +71,7 @@ class Standalone:
         self.counters: dict[str, collections.Counter[str]] = {}
         """What each device's driver counted (``ctx.counters``)."""
         self.shared = SharedStore()
-        self.buses: dict[str, SerialLine | TcpHost] = {
+        self.buses: dict[str, AnyBus] = {
             b.id: open_bus(b, on_link=self._link_changed) for b in buses
         }
         self._owners: dict[str, set[str]] = {}
@@ -83,7 +83,7 @@ class Standalone:
             link_event(bus, up, source=self.gateway.id, stamp=(now_ms(), True), devices=devices)
         )
 
-    def bus(self, bus_id: str) -> SerialLine | TcpHost:
+    def bus(self, bus_id: str) -> AnyBus:
         return self.buses[bus_id]
 
     def _inventory_changed(self) -> None:

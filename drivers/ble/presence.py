@@ -91,7 +91,8 @@ class TagTracker:
 
     tag_class: str = "asset"
     away_after_s: float | None = None
-    """A fixed timeout instead of the learned one (still not below the floor)."""
+    """The installer's timeout instead of the learned one (the floors guard only the learned
+    one)."""
     battery_low_pct: float | None = None
     rssi_step: float = 4.0
     rssi_every_s: float = 10.0
@@ -115,11 +116,11 @@ class TagTracker:
         return CLASS_DEFAULTS[self.tag_class]
 
     def timeout_s(self) -> float:
-        """How long after the last advert the tag is away: the learned interval (median gap)
-        plus a margin, or the configured timeout, never below the class floor."""
+        """How long after the last advert the tag is away: the configured timeout, else the
+        learned interval (median gap) plus a margin, never below the class floor."""
         floor = self.defaults.away_floor_s
         if self.away_after_s is not None:
-            return max(floor, self.away_after_s)
+            return self.away_after_s
         if len(self._gaps) < 3:
             return floor
         return max(floor, statistics.median(self._gaps) + _MARGIN_S)

@@ -1,0 +1,327 @@
+"""The scanner of one Bluetooth adapter (bus scope): every enrolled tag heard by it.
+
+bleak's BlueZ backend delivers adverts in a callback on the event loop; the callback decodes,
+updates the tag's state and hands records to ``ctx.push``, which never waits, so a burst of
+adverts never stalls D-Bus. Duplicate data is on: BlueZ would otherwise swallow an SOS button's
+second press when its payload carries no counter; presses are told apart by the payload's
+counter here instead.
+
+Health is the core's bus state of the adapter:
+- A scanner that cannot start (adapter missing or powered off, BlueZ gone) makes the bus
+  ``down``: its tags become ``unknown`` (one ``bus.link_down``), and no tag is declared away.
+  ``InProgress`` (another discovery session starting) is retried at once, the rest with backoff.
+- A scanner that hears nothing at all for the bus's ``silent_s`` is recreated (a bluetoothd
+  restart leaves bleak's D-Bus objects dead without an error). Each restart restarts every
+  tag's silence, so an outage is not taken for the tags leaving; while the air stays quiet the
+  restarts come at doubling intervals, so a tag that really left is still declared away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from agent.backoff import delay
+from agent.bus import BleAdapter
+from agent.driver import DeviceError, DriverContext
+from agent.records import Event, Reading, Record, Severity
+from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_vendors
+from drivers.ble.presence import Happening, TagTracker
+
+if TYPE_CHECKING:
+    from bleak import BleakScanner
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
+
+    from drivers.ble.config import BleTag
+
+__all__ = ["BleDriver"]
+
+_SWEEP_S: Final = 1.0
+_QUIET_MAX_S: Final = 3600.0
+"""The longest wait between restarts of a scanner in quiet air."""
+_RETRY_FIRST_S: Final = 1.0
+_RETRY_MAX_S: Final = 30.0
+
+
+@dataclass(slots=True)
+class _Tag:
+    config: BleTag
+    decoder: TagDecoder
+    tracker: TagTracker
+
+
+class BleDriver:
+    """All enrolled tags of one adapter."""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        if not isinstance(ctx.bus, BleAdapter):
+            raise DeviceError("no_bus", "BLE tags need a 'ble' bus (a Bluetooth adapter)")
+        self.ctx = ctx
+        self.bus: BleAdapter = ctx.bus
+        self.tags: dict[str, _Tag] = {}
+        self._by_mac: dict[str, _Tag] = {}
+        self._by_beacon: dict[str, _Tag] = {}
+        for device in ctx.devices:
+            config = cast("BleTag", device)
+            tag = _Tag(
+                config,
+                TagDecoder(
+                    bindkey=self._key(config),
+                    vendor=[config.vendor.format()] if config.vendor is not None else [],
+                ),
+                TagTracker(
+                    tag_class=config.tag_class,
+                    away_after_s=config.away_after_s,
+                    battery_low_pct=config.battery_low_pct,
+                    rssi_step=config.rssi_step_db,
+                    rssi_every_s=config.rssi_every_s,
+                    tx_power_1m=config.tx_power_1m,
+                ),
+            )
+            self.tags[config.id] = tag
+            if config.mac is not None:
+                self._by_mac[config.mac] = tag
+            else:
+                self._by_beacon[config.identity] = tag
+        self.counters = ctx.counters
+        self.last_advert: float | None = None
+        self.silent_s = self.bus.silent_s
+        self._quiet = self.silent_s
+        """The silence after which the scanner is restarted next."""
+        self._healthy = False
+        """The scanner runs: away decisions are allowed."""
+        self._starts = 0
+        self._scanner: BleakScanner | None = None
+        self._stopping = asyncio.Event()
+
+    def _key(self, config: BleTag) -> bytes | None:
+        if config.key_file is None:
+            return None
+        try:
+            key = bytes.fromhex(config.key_file.read_text(encoding="ascii").strip())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not 32 hex digits"
+            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: {reason}")
+            return None
+        if len(key) != 16:
+            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: not 16 bytes")
+            return None
+        return key
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        await load_ibeacon_vendors()
+        sweeper = asyncio.create_task(self._sweep(), name=f"ble-sweep-{self.bus.id}")
+        try:
+            failures = 0
+            while not self._stopping.is_set():
+                try:
+                    await self._scan_once()
+                    failures = 0
+                except _ScannerError as failed:
+                    self._unhealthy(failed.reason, failed.detail)
+                    wait = (
+                        0.5
+                        if failed.reason == "in_progress"
+                        else delay(failures, first_s=_RETRY_FIRST_S, cap_s=_RETRY_MAX_S)
+                    )
+                    failures += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), wait)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _scan_once(self) -> None:
+        """Start a fresh scanner and keep it until it fails, or until it hears nothing for the
+        quiet limit (the bus's ``silent_s``, doubling while nothing is heard)."""
+        from bleak import BleakScanner  # noqa: PLC0415
+        from bleak.exc import BleakDBusError, BleakError  # noqa: PLC0415
+
+        bluez: dict[str, Any] = {"adapter": self.bus.adapter, "filters": {"DuplicateData": True}}
+        if self.bus.mode == "passive":
+            bluez["or_patterns"] = _passive_patterns()
+        scanner = BleakScanner(self._heard, scanning_mode=self.bus.mode, bluez=cast("Any", bluez))
+        try:
+            await scanner.start()
+        except BleakDBusError as exc:
+            if "InProgress" in str(exc.dbus_error):
+                raise _ScannerError("in_progress", str(exc)) from None
+            raise _ScannerError(_reason(str(exc.dbus_error)), str(exc)) from None
+        except (BleakError, OSError, EOFError) as exc:
+            raise _ScannerError(_reason(str(exc)), str(exc) or type(exc).__name__) from None
+        started = time.monotonic()
+        self._starts += 1
+        if self._starts > 1:
+            # A restart: whatever the tags did while the scanner was deaf is unknown.
+            for tag in self.tags.values():
+                tag.tracker.scanner_back(started)
+        self._healthy = True
+        self.bus.link_up()
+        self.ctx.log.info("ble.scanning", adapter=self.bus.adapter, mode=self.bus.mode)
+        try:
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(5.0, self.silent_s / 4))
+                now = time.monotonic()
+                heard = max(self.last_advert or 0.0, started)
+                if heard > started:
+                    self._quiet = self.silent_s  # the air is not quiet: back to the first limit
+                if now - heard >= self._quiet:
+                    self.bus.note("scanner_restarts")
+                    self.ctx.log.info("ble.scanner_silent", seconds=round(now - heard))
+                    self._quiet = min(_QUIET_MAX_S, self._quiet * 2)
+                    return
+        finally:
+            self._scanner = None
+            with contextlib.suppress(BleakError, OSError, EOFError, asyncio.TimeoutError):
+                await asyncio.wait_for(scanner.stop(), 10)
+
+    def _unhealthy(self, reason: str, detail: str) -> None:
+        self.bus.note(f"scanner_{reason}")
+        if self._healthy or self.bus.state != "down":
+            self.ctx.log.warning("ble.scanner_down", reason=reason, error=detail)
+        self._healthy = False
+        self.bus.link_down(reason, detail)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            now = time.monotonic()
+            for tag in self.tags.values():
+                self._emit(tag, tag.tracker.sweep(now, scanner_healthy=self._healthy))
+
+    # ------------------------------------------------------------------ adverts
+
+    def _heard(self, device: BLEDevice, data: AdvertisementData) -> None:
+        """bleak's callback: never waits, never raises."""
+        now = time.monotonic()
+        self.last_advert = now
+        address = device.address.upper()
+        advert = Advert(
+            address=address,
+            rssi=data.rssi,
+            time=now,
+            name=data.local_name,
+            manufacturer_data=data.manufacturer_data,
+            service_data=data.service_data,
+            service_uuids=tuple(data.service_uuids),
+            tx_power=data.tx_power,
+        )
+        tag = self._by_mac.get(address)
+        try:
+            if tag is not None:
+                self._take(tag, advert)
+            elif self._by_beacon and (
+                0x004C in advert.manufacturer_data
+                or "0000feaa-0000-1000-8000-00805f9b34fb" in advert.service_data
+            ):
+                # A beacon enrolled by its identity: decode with a throwaway decoder to learn
+                # it (beacon payloads carry no encrypted state).
+                for identity in TagDecoder().decode(advert).identities:
+                    enrolled = self._by_beacon.get(identity)
+                    if enrolled is not None:
+                        self._take(enrolled, advert)
+        except BleDecodeError as exc:
+            self.bus.note(f"bad_{exc.reason}")
+        except Exception:  # a callback from D-Bus must not raise
+            self.bus.note("decode_crash")
+            self.ctx.log.exception("ble.decode_crash", address=address)
+
+    def _take(self, tag: _Tag, advert: Advert) -> None:
+        decoded = tag.decoder.decode(advert)
+        counters = self.counters.get(tag.config.id)
+        if counters is not None:
+            counters["adverts"] += 1
+            for problem in decoded.problems:
+                counters[problem] += 1
+        self._emit(tag, tag.tracker.heard(advert.time, advert.rssi, decoded))
+
+    def _emit(self, tag: _Tag, happenings: list[Happening]) -> None:
+        if not happenings:
+            return
+        ts, synced = self.ctx.stamp()
+        device = tag.config.id
+        records: list[Record] = []
+        for h in happenings:
+            records += _records(device, ts, synced, h)
+        self.ctx.push(records)
+
+
+class _ScannerError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _reason(text: str) -> str:
+    low = text.lower()
+    if "not powered" in low or "notready" in low or "not ready" in low or "powered" in low:
+        return "adapter_off"
+    if "not found" in low or "no bluetooth adapters" in low or "unknownobject" in low:
+        return "no_adapter"
+    if "serviceunknown" in low or "not provided by any .service" in low:
+        return "bluez_gone"
+    if "connection" in low or "eof" in low or "socket" in low:
+        return "dbus_lost"
+    return "scanner_error"
+
+
+def _passive_patterns() -> list[Any]:
+    """Passive scanning on BlueZ needs advertisement monitor patterns: the Flags field with the
+    values tags use covers nearly every advert."""
+    from bleak.assigned_numbers import AdvertisementDataType  # noqa: PLC0415
+    from bleak.backends.bluezdbus.advertisement_monitor import OrPattern  # noqa: PLC0415
+
+    return [OrPattern(0, AdvertisementDataType.FLAGS, bytes((f,))) for f in (2, 4, 5, 6, 26)]
+
+
+_EVENTS: Final[Mapping[str, tuple[str, Severity]]] = {
+    "present": ("tag.present", Severity.INFO),
+    "away": ("tag.away", Severity.INFO),
+    "sos": ("tag.sos", Severity.ALARM),
+    "press": ("tag.button", Severity.INFO),
+    "battery_low": ("tag.battery_low", Severity.WARNING),
+    "battery_ok": ("tag.battery_ok", Severity.INFO),
+}
+
+
+def _records(device: str, ts: int, synced: bool, h: Happening) -> list[Record]:
+    if h.kind == "value":
+        assert h.name is not None
+        return [
+            Reading(
+                device=device, ts=ts, ts_synced=synced, point=h.name, value=h.value, unit=h.unit
+            )
+        ]
+    if h.kind == "rssi":
+        band = str(h.detail.get("band"))
+        return [
+            Reading(
+                device=device, ts=ts, ts_synced=synced, point="rssi", value=h.value, unit="dBm"
+            ),
+            Reading(device=device, ts=ts, ts_synced=synced, point="distance", value=band),
+        ]
+    type_, severity = _EVENTS[h.kind]
+    data: dict[str, Any] = dict(h.detail)
+    if h.kind in ("sos", "press"):
+        data |= {"button": h.name, "press": h.value}
+    elif h.value is not None:
+        data["value"] = h.value
+    out: list[Record] = [
+        Event(device=device, ts=ts, ts_synced=synced, type=type_, severity=severity, data=data)
+    ]
+    if h.kind in ("present", "away"):
+        out.append(Reading(device=device, ts=ts, ts_synced=synced, point="presence", value=h.kind))
+    return out
