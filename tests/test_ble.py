@@ -51,7 +51,7 @@ def ibeacon(minor: int = 7) -> dict[int, bytes]:
     }
 
 
-def tags_config(tmp_path: Path, *, silent_s: float = 2.0) -> Path:
+def tags_config(tmp_path: Path, *, silent_s: float = 2.0, **wrist: Any) -> Path:
     devices = [
         {
             "id": "wrist-101",
@@ -60,6 +60,7 @@ def tags_config(tmp_path: Path, *, silent_s: float = 2.0) -> Path:
             "mac": WRIST,
             "class": "wristband",
             "away_after_s": 4,
+            **wrist,
         },
         {
             "id": "wheelchair-7",
@@ -239,6 +240,25 @@ async def test_an_adapter_powered_off_makes_the_tags_unknown_until_it_is_back(
     assert [r["type"] for r in link] == ["bus.link_down", "bus.link_up"], link
     assert sorted(link[0]["data"]["devices"]) == ["wheelchair-7", "wrist-101"]
     assert events(records, "wrist-101", "tag.away") == []
+
+
+async def test_a_tag_whose_key_cannot_be_read_is_down_and_nothing_it_sends_counts(
+    tmp_path: Path,
+) -> None:
+    """Fail closed: without its key, a plain advert (a forged press) must not pass for it."""
+    config = tags_config(tmp_path, key_file=str(tmp_path / "missing.key"))
+    async with radio(tmp_path) as (_, air):
+        air.adverts[WRIST] = {"service_data": bthome(9, press=True)}
+        runtime = Runtime(load_config(config), clock=Clock("always"))
+        task = await run_until(
+            runtime, lambda: adverts(runtime, "wheelchair-7") >= 5, what="the beacon heard"
+        )
+        state = runtime.state.devices["wrist-101"]
+        await stop(runtime, task)
+    assert state.health is Health.DOWN
+    assert "key_unreadable" in (state.last_error or "")
+    records = buffer_records(tmp_path / "buffer.db")
+    assert [r for r in records if r["device"] == "wrist-101" and r["kind"] != "status"] == []
 
 
 # ---------------------------------------------------------------------- config

@@ -33,7 +33,6 @@ from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_
 from drivers.ble.presence import Happening, TagTracker
 
 if TYPE_CHECKING:
-    from bleak import BleakScanner
     from bleak.backends.device import BLEDevice
     from bleak.backends.scanner import AdvertisementData
 
@@ -53,6 +52,9 @@ class _Tag:
     config: BleTag
     decoder: TagDecoder
     tracker: TagTracker
+    locked: bool = False
+    """Its key file could not be read: nothing it sends is taken (fail closed: a plain advert
+    must not pass for an encrypted tag's)."""
 
 
 class BleDriver:
@@ -68,10 +70,11 @@ class BleDriver:
         self._by_beacon: dict[str, _Tag] = {}
         for device in ctx.devices:
             config = cast("BleTag", device)
+            key = self._key(config)
             tag = _Tag(
                 config,
                 TagDecoder(
-                    bindkey=self._key(config),
+                    bindkey=key,
                     vendor=[config.vendor.format()] if config.vendor is not None else [],
                 ),
                 TagTracker(
@@ -82,6 +85,7 @@ class BleDriver:
                     rssi_every_s=config.rssi_every_s,
                     tx_power_1m=config.tx_power_1m,
                 ),
+                locked=config.key_file is not None and key is None,
             )
             self.tags[config.id] = tag
             if config.mac is not None:
@@ -96,7 +100,8 @@ class BleDriver:
         self._healthy = False
         """The scanner runs: away decisions are allowed."""
         self._starts = 0
-        self._scanner: BleakScanner | None = None
+        self._identify = TagDecoder()
+        """Reads the beacon identity of adverts from addresses no tag is enrolled by."""
         self._stopping = asyncio.Event()
 
     def _key(self, config: BleTag) -> bytes | None:
@@ -121,6 +126,8 @@ class BleDriver:
         try:
             failures = 0
             while not self._stopping.is_set():
+                if sweeper.done():
+                    sweeper.result()  # the sweep failed: let the core restart the driver
                 try:
                     await self._scan_once()
                     failures = 0
@@ -183,7 +190,6 @@ class BleDriver:
                     self._quiet = min(_QUIET_MAX_S, self._quiet * 2)
                     return
         finally:
-            self._scanner = None
             with contextlib.suppress(BleakError, OSError, EOFError, asyncio.TimeoutError):
                 await asyncio.wait_for(scanner.stop(), 10)
 
@@ -226,9 +232,8 @@ class BleDriver:
                 0x004C in advert.manufacturer_data
                 or "0000feaa-0000-1000-8000-00805f9b34fb" in advert.service_data
             ):
-                # A beacon enrolled by its identity: decode with a throwaway decoder to learn
-                # it (beacon payloads carry no encrypted state).
-                for identity in TagDecoder().decode(advert).identities:
+                # A beacon enrolled by its identity (its address rotates): its identity first.
+                for identity in self._identify.decode(advert).identities:
                     enrolled = self._by_beacon.get(identity)
                     if enrolled is not None:
                         self._take(enrolled, advert)
@@ -239,6 +244,8 @@ class BleDriver:
             self.ctx.log.exception("ble.decode_crash", address=address)
 
     def _take(self, tag: _Tag, advert: Advert) -> None:
+        if tag.locked:
+            return
         decoded = tag.decoder.decode(advert)
         counters = self.counters.get(tag.config.id)
         if counters is not None:
