@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from agent.backoff import delay
 from agent.bus import BleAdapter
 from agent.driver import DeviceError, DriverContext
+from agent.driver.keys import KeyFileError, read_key
 from agent.records import Event, Reading, Record, Severity
 from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_vendors
 from drivers.ble.presence import Happening, TagTracker
@@ -108,15 +109,10 @@ class BleDriver:
         if config.key_file is None:
             return None
         try:
-            key = bytes.fromhex(config.key_file.read_text(encoding="ascii").strip())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not 32 hex digits"
-            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: {reason}")
+            return read_key(config.key_file)
+        except KeyFileError as exc:
+            self.ctx.health.down(config.id, "key_unreadable", str(exc))
             return None
-        if len(key) != 16:
-            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: not 16 bytes")
-            return None
-        return key
 
     # ------------------------------------------------------------------ the loop
 

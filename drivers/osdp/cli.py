@@ -21,17 +21,15 @@ def _simulate(args: argparse.Namespace) -> int:
 
     import serial  # noqa: PLC0415
 
+    from agent.driver.keys import KeyFileError, read_key  # noqa: PLC0415
     from drivers.osdp.simulator import SimulatedReader  # noqa: PLC0415
 
     key = None
     if args.key_file:
         try:
-            key = bytes.fromhex(Path(args.key_file).read_text(encoding="ascii").strip())
-        except (OSError, ValueError) as exc:
-            print(f"cannot read the key from {args.key_file}: {exc}", file=sys.stderr)
-            return 2
-        if len(key) != 16:
-            print(f"{args.key_file}: a key is 32 hex digits", file=sys.stderr)
+            key = read_key(Path(args.key_file))
+        except KeyFileError as exc:
+            print(f"cannot read the key: {exc}", file=sys.stderr)
             return 2
     try:
         port = serial.Serial(args.port, args.baud)

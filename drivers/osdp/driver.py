@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from agent.bus import Priority, ReplyTimeoutError, SerialLine, priority
 from agent.driver import BusError, CommandError, CommandSpec, DeviceError, DriverContext
+from agent.driver.keys import KeyFileError, read_key
 from agent.records import Event, Reading, Severity
 from drivers.osdp.codec import (
     MAX_FRAME,
@@ -148,16 +149,10 @@ class OsdpDriver:
             return True
         assert config.key_file is not None
         try:
-            text = config.key_file.read_text(encoding="ascii").strip()
-            key = bytes.fromhex(text)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not 32 hex digits"
-            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: {reason}")
+            reader.key = read_key(config.key_file)
+        except KeyFileError as exc:
+            self.ctx.health.down(config.id, "key_unreadable", str(exc))
             return False
-        if len(key) != 16:
-            self.ctx.health.down(config.id, "key_unreadable", f"{config.key_file}: not 16 bytes")
-            return False
-        reader.key = key
         return True
 
     # ------------------------------------------------------------------ the loop

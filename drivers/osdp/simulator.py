@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.driver.keys import read_key
 from agent.driver.simulation import serve_line
 from drivers.osdp.codec import Cmd, Frame, FrameReader, Nak, Reply, Scb, build_frame
 from drivers.osdp.config import OsdpDevice
@@ -211,5 +212,5 @@ def line_device(device: DeviceConfig) -> SimulatedReader:
     assert isinstance(device, OsdpDevice)
     key = None
     if device.secure_channel == "required" and device.key_file is not None:
-        key = bytes.fromhex(device.key_file.read_text(encoding="ascii").strip())
+        key = read_key(device.key_file)
     return SimulatedReader(address=device.address, key=key, card_every_s=15)
