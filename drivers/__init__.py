@@ -66,6 +66,8 @@ DRIVERS: dict[str, DriverSpec] = {
             "drivers.ble.driver:BleDriver",
             extra="ble",
             scope="bus",
+            cli="drivers.ble.cli:add_commands",
+            tools=(("scan", "drivers.ble.tools:scan"),),
         ),
         DriverSpec(
             "cjt188",

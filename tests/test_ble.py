@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_proc import buffer_records, write_config
+from agent_proc import AgentProcess, buffer_records, write_config
 from peers.bluez_mock import BluezMock, system_bus
 from peers.modbus_peers import async_wait_until
 from test_bus import run_until, stop
+from test_dlt645 import edge_agent
 
 from agent.clock import Clock
 from agent.config.errors import ConfigError
@@ -51,7 +53,9 @@ def ibeacon(minor: int = 7) -> dict[int, bytes]:
     }
 
 
-def tags_config(tmp_path: Path, *, silent_s: float = 2.0, **wrist: Any) -> Path:
+def tags_config(
+    tmp_path: Path, *, silent_s: float = 2.0, control: bool = False, **wrist: Any
+) -> Path:
     devices = [
         {
             "id": "wrist-101",
@@ -71,7 +75,8 @@ def tags_config(tmp_path: Path, *, silent_s: float = 2.0, **wrist: Any) -> Path:
         },
     ]
     buses = [{"id": "radio", "ble": {"adapter": "hci0", "silent_s": silent_s}}]
-    return write_config(tmp_path, devices, buses=buses)
+    extra = {"control": {"socket": str(tmp_path / "control.sock")}} if control else {}
+    return write_config(tmp_path, devices, buses=buses, **extra)
 
 
 class Air:
@@ -259,6 +264,31 @@ async def test_a_tag_whose_key_cannot_be_read_is_down_and_nothing_it_sends_count
     assert "key_unreadable" in (state.last_error or "")
     records = buffer_records(tmp_path / "buffer.db")
     assert [r for r in records if r["device"] == "wrist-101" and r["kind"] != "status"] == []
+
+
+async def test_scan_ble_lists_what_is_heard_through_the_running_agent(tmp_path: Path) -> None:
+    """The installer's list, from a real agent process that is scanning the same adapter."""
+    async with radio(tmp_path):
+        path = tags_config(tmp_path, control=True)
+        agent = AgentProcess(path)
+        try:
+            await asyncio.to_thread(agent.wait_event, "ble.scanning", timeout_s=60)
+            argv = ["scan", "ble", "--seconds", "2", "--config", str(path), "--json"]
+            result = await asyncio.to_thread(edge_agent, *argv)
+            tool = await asyncio.to_thread(agent.wait_event, "tool.run")
+        finally:
+            assert await asyncio.to_thread(agent.stop) == 0
+    assert result.returncode == 0, result.stderr
+    assert "through the running agent" in result.stderr
+    assert (tool["driver"], tool["tool"], tool["bus"]) == ("ble", "scan", "radio")
+    heard = {d["address"]: d for d in json.loads(result.stdout)["devices"]}
+    assert set(heard) == {WRIST, BEACON, STRANGER}
+    assert heard[WRIST]["formats"] == ["bthome"]
+    assert heard[WRIST]["values"]["battery"] == 90
+    assert heard[WRIST]["enrol_by"] == f"mac: {WRIST}"
+    assert heard[BEACON]["enrol_by"] == f"ibeacon/eddystone: ibeacon:{UUID}:3:7"
+    assert heard[STRANGER]["formats"] == []
+    assert all(d["adverts"] >= 3 for d in heard.values())
 
 
 # ---------------------------------------------------------------------- config
