@@ -247,6 +247,20 @@ async def test_an_adapter_powered_off_makes_the_tags_unknown_until_it_is_back(
     assert events(records, "wrist-101", "tag.away") == []
 
 
+async def test_in_progress_at_start_is_retried_without_an_outage(tmp_path: Path) -> None:
+    async with radio(tmp_path) as (bluez, _):
+        await bluez.busy(2)
+        runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
+        task = await run_until(
+            runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the wristband heard"
+        )
+        figures = next(b for b in runtime.bus_figures() if b["id"] == "radio")
+        await stop(runtime, task)
+    assert figures["counters"]["scanner_in_progress"] == 2, figures
+    records = buffer_records(tmp_path / "buffer.db")
+    assert not [r for r in records if r["kind"] == "event" and r["type"].startswith("bus.link")]
+
+
 async def test_a_tag_whose_key_cannot_be_read_is_down_and_nothing_it_sends_counts(
     tmp_path: Path,
 ) -> None:

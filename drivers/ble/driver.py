@@ -46,6 +46,8 @@ _QUIET_MAX_S: Final = 3600.0
 """The longest wait between restarts of a scanner in quiet air."""
 _RETRY_FIRST_S: Final = 1.0
 _RETRY_MAX_S: Final = 30.0
+_IN_PROGRESS_TRIES: Final = 3
+"""``InProgress`` answers retried quietly before the scanner counts as down."""
 
 
 @dataclass(slots=True)
@@ -128,12 +130,13 @@ class BleDriver:
                     await self._scan_once()
                     failures = 0
                 except _ScannerError as failed:
-                    self._unhealthy(failed.reason, failed.detail)
-                    wait = (
-                        0.5
-                        if failed.reason == "in_progress"
-                        else delay(failures, first_s=_RETRY_FIRST_S, cap_s=_RETRY_MAX_S)
-                    )
+                    if failed.reason == "in_progress" and failures < _IN_PROGRESS_TRIES:
+                        # Another discovery session is starting: a moment, not an outage.
+                        self.bus.note("scanner_in_progress")
+                        wait = 0.5
+                    else:
+                        self._unhealthy(failed.reason, failed.detail)
+                        wait = delay(failures, first_s=_RETRY_FIRST_S, cap_s=_RETRY_MAX_S)
                     failures += 1
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), wait)

@@ -7,7 +7,8 @@ lacks what an advert needs (its ``ManufacturerData`` and ``ServiceData`` have th
 type for bleak, and dbusmock 0.28 cannot update dict properties), so each device gets an
 ``Advertise(rssi, manufacturer_data, service_data)`` method that sets them typed as BlueZ does
 and emits ``PropertiesChanged``; and the adapter's ``StartDiscovery`` answers
-``org.bluez.Error.NotReady`` while the adapter is powered off, as BlueZ does.
+``org.bluez.Error.NotReady`` while the adapter is powered off, as BlueZ does, and
+``org.bluez.Error.InProgress`` as often as the test asks (:meth:`BluezMock.busy`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ _ADVERTISE = (
 )
 _START_DISCOVERY = (
     "import dbus\n"
+    "busy = getattr(self, 'busy_starts', 0)\n"
+    "if busy:\n"
+    "    self.busy_starts = busy - 1\n"
+    "    raise dbus.exceptions.DBusException("
+    "'Operation already in progress', name='org.bluez.Error.InProgress')\n"
     "if not self.props['org.bluez.Adapter1']['Powered']:\n"
     "    raise dbus.exceptions.DBusException("
     "'Resource Not Ready', name='org.bluez.Error.NotReady')\n"
@@ -171,6 +177,19 @@ class BluezMock:
             "AddMethod",
             "sssss",
             ["org.bluez.Adapter1", "StartDiscovery", "", "", _START_DISCOVERY],
+        )
+        await self._checked(
+            path,
+            "org.freedesktop.DBus.Mock",
+            "AddMethod",
+            "sssss",
+            ["org.bluez.Mock", "SetBusyStarts", "i", "", "self.busy_starts = args[0]"],
+        )
+
+    async def busy(self, starts: int, adapter: str = "hci0") -> None:
+        """The next ``starts`` StartDiscovery calls answer ``InProgress``."""
+        await self._checked(
+            f"/org/bluez/{adapter}", "org.bluez.Mock", "SetBusyStarts", "i", [starts]
         )
 
     async def power(self, on: bool, adapter: str = "hci0") -> None:
