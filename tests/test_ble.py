@@ -147,6 +147,15 @@ async def wait(condition: Callable[[], Any], what: str, timeout_s: float = 60) -
     await async_wait_until(condition, what=what, timeout_s=timeout_s)
 
 
+async def wristband_heard(tmp_path: Path) -> tuple[Runtime, asyncio.Task[int]]:
+    """The runtime on the tags' config, running once the wristband was heard three times."""
+    runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
+    task = await run_until(
+        runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the wristband heard"
+    )
+    return runtime, task
+
+
 async def test_present_one_sos_per_press_strangers_ignored_and_away(tmp_path: Path) -> None:
     async with radio(tmp_path) as (_, air):
         runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
@@ -192,10 +201,7 @@ async def test_a_bluetoothd_restart_is_recovered_and_nobody_is_away_meanwhile(
     tmp_path: Path,
 ) -> None:
     async with radio(tmp_path) as (bluez, air):
-        runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
-        task = await run_until(
-            runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the wristband heard"
-        )
+        runtime, task = await wristband_heard(tmp_path)
         air.on = False
         await bluez.restart()
         await asyncio.sleep(6)  # longer than the tag's 4 s: it would be away if we believed it
@@ -220,10 +226,7 @@ async def test_an_adapter_powered_off_makes_the_tags_unknown_until_it_is_back(
     tmp_path: Path,
 ) -> None:
     async with radio(tmp_path) as (bluez, air):
-        runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
-        task = await run_until(
-            runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the wristband heard"
-        )
+        runtime, task = await wristband_heard(tmp_path)
         air.on = False  # an adapter that is off hears nothing
         await bluez.power(on=False)
         await wait(lambda: bus_state(runtime) == "down", "the adapter down", timeout_s=60)
@@ -250,10 +253,7 @@ async def test_an_adapter_powered_off_makes_the_tags_unknown_until_it_is_back(
 async def test_in_progress_at_start_is_retried_without_an_outage(tmp_path: Path) -> None:
     async with radio(tmp_path) as (bluez, _):
         await bluez.busy(2)
-        runtime = Runtime(load_config(tags_config(tmp_path)), clock=Clock("always"))
-        task = await run_until(
-            runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the wristband heard"
-        )
+        runtime, task = await wristband_heard(tmp_path)
         figures = next(b for b in runtime.bus_figures() if b["id"] == "radio")
         await stop(runtime, task)
     assert figures["counters"]["scanner_in_progress"] == 2, figures

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sys
-import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,9 @@ from typing import Any
 import pytest
 from agent_proc import write_config
 from peers.modbus_peers import PtyPair, missing_peer
+from test_dlt645 import simulated_line
 
 from agent.config.loader import load_config
-from agent.driver.simulation import serve_line
 from agent.driver.testing import Standalone
 from agent.records import Quality, Reading
 from drivers.dlt645.driver import Dlt645Driver
@@ -148,24 +146,9 @@ async def library_client(port: Path, *argv: str) -> dict[str, Any]:
     return result
 
 
-@contextlib.asynccontextmanager
-async def our_meter(tmp_path: Path, sim: SimulatedMeter) -> AsyncIterator[PtyPair]:
-    with PtyPair(tmp_path) as pty:
-        fd = os.open(pty.peer, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
-        served = asyncio.create_task(serve_line(fd, [sim], char_s=10 / 2400))
-        try:
-            yield pty
-        finally:
-            served.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await served
-            os.close(fd)
-
-
 async def test_the_librarys_master_reads_our_simulated_meter(tmp_path: Path) -> None:
     sim = SimulatedMeter(address=ADDRESS, energy_kwh=4000.0)
-    async with our_meter(tmp_path, sim) as pty:
+    async with simulated_line(tmp_path, [sim]) as pty:
         got = await library_client(
             pty.agent,
             "--read-address",

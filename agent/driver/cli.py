@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ToolRunner",
+    "agent_arguments",
     "group",
     "line_arguments",
     "parity",
@@ -77,11 +78,16 @@ def line_arguments(
         "--parity", type=parity, default=parity_default, help=f"default {parity_default}"
     )
     parser.add_argument("--stop-bits", type=int, choices=(1, 2), default=1, help="default 1")
-    if not agent:
-        return
+    if agent:
+        agent_arguments(parser)
+
+
+def agent_arguments(parser: argparse.ArgumentParser, what: str = "port") -> None:
+    """``--config``/``--socket``: the running agent a tool goes through when it uses the same
+    ``what`` (port, adapter)."""
     where = parser.add_argument_group(
         "the running agent",
-        "if an agent runs on this port, the tool goes through it (no need to stop it)",
+        f"if an agent runs on this {what}, the tool goes through it (no need to stop it)",
     )
     where.add_argument(
         "--config",

@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from agent.driver.cli import ToolRunner, group, run_locally, run_tool
+from agent.driver.cli import ToolRunner, agent_arguments, group, run_locally, run_tool
 
 if TYPE_CHECKING:
     from agent.config.models import Bus
@@ -67,9 +67,5 @@ def add_commands(
     p.add_argument("--adapter", default="hci0", help="the BlueZ adapter (default hci0)")
     p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
-    where = p.add_argument_group(
-        "the running agent", "if an agent uses this adapter, the scan goes through it"
-    )
-    where.add_argument("--config", metavar="PATH", help="the agent's config, to find its socket")
-    where.add_argument("--socket", help="the agent's control socket itself")
+    agent_arguments(p, "adapter")
     p.set_defaults(func=lambda args: _scan(args, run))

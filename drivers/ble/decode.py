@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
     from bluetooth_sensor_state_data import BluetoothData
     from habluetooth import BluetoothServiceInfoBleak
     from ibeacon_ble import iBeaconParser
@@ -78,6 +80,20 @@ class Advert:
     service_data: Mapping[str, bytes] = field(default_factory=dict)
     service_uuids: Sequence[str] = ()
     tx_power: int | None = None
+
+    @classmethod
+    def of(cls, device: BLEDevice, data: AdvertisementData, time: float) -> Advert:
+        """What bleak's detection callback hands over, heard at ``time``."""
+        return cls(
+            address=device.address.upper(),
+            rssi=data.rssi,
+            time=time,
+            name=data.local_name,
+            manufacturer_data=data.manufacturer_data,
+            service_data=data.service_data,
+            service_uuids=tuple(data.service_uuids),
+            tx_power=data.tx_power,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,17 +212,8 @@ class BleDriver:
         """bleak's callback: never waits, never raises."""
         now = time.monotonic()
         self.last_advert = now
-        address = device.address.upper()
-        advert = Advert(
-            address=address,
-            rssi=data.rssi,
-            time=now,
-            name=data.local_name,
-            manufacturer_data=data.manufacturer_data,
-            service_data=data.service_data,
-            service_uuids=tuple(data.service_uuids),
-            tx_power=data.tx_power,
-        )
+        advert = Advert.of(device, data, now)
+        address = advert.address
         tag = self._by_mac.get(address)
         try:
             if tag is not None:

@@ -68,22 +68,12 @@ async def scan(bus: BusHandle, options: Mapping[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
 
     def callback(device: BLEDevice, data: AdvertisementData) -> None:
-        address = device.address.upper()
-        entry = heard.setdefault(address, _Heard(address))
+        advert = Advert.of(device, data, loop.time())
+        entry = heard.setdefault(advert.address, _Heard(advert.address))
         entry.adverts += 1
         entry.name = data.local_name or entry.name
         entry.last_rssi = data.rssi
         entry.best_rssi = max(entry.best_rssi, data.rssi)
-        advert = Advert(
-            address=address,
-            rssi=data.rssi,
-            time=loop.time(),
-            name=data.local_name,
-            manufacturer_data=data.manufacturer_data,
-            service_data=data.service_data,
-            service_uuids=tuple(data.service_uuids),
-            tx_power=data.tx_power,
-        )
         with contextlib.suppress(BleDecodeError):
             decoded = entry.decoder.decode(advert)
             entry.formats.update(decoded.formats)

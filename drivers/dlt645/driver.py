@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Final
 
 from agent.bus import SerialLine
 from agent.driver import BusError, DeviceError, DriverContext
-from agent.driver.report import OnChange
-from agent.records import Quality, Reading, Record, Value
+from agent.driver.report import OnChange, point_readings
+from agent.records import Reading, Record, Value
 from drivers.dlt645.codec import (
     WILDCARD,
     Dlt645Error,
@@ -346,30 +346,9 @@ class Dlt645Driver:
         self, values: Mapping[int, Value | None], bad: Mapping[int, str], ts: int, synced: bool
     ) -> list[Record]:
         device = self.config.id
-        records: list[Record] = []
-        for key, point in enumerate(self.points):
-            if key in values:
-                value, quality, reason = values[key], Quality.GOOD, None
-            elif key in bad:
-                value, quality, reason = None, Quality.BAD, bad[key]
-            else:
-                continue
-            if point.deadband is not None and not self._reported.due(
-                key, point.deadband, value, quality, ts
-            ):
-                continue
-            records.append(
-                Reading(
-                    device=device,
-                    ts=ts,
-                    ts_synced=synced,
-                    point=point.name,
-                    value=value,
-                    unit=point.unit,
-                    quality=quality,
-                    reason=reason,
-                )
-            )
+        records: list[Record] = [
+            *point_readings(device, self.points, values, bad, ts, synced, self._reported)
+        ]
         offset = self._clock_offset(values, ts) if synced else None
         if offset is not None:
             records.append(

@@ -14,7 +14,15 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from agent.driver.cli import BAUDS, ToolRunner, group, parity, run_locally, run_tool
+from agent.driver.cli import (
+    BAUDS,
+    ToolRunner,
+    agent_arguments,
+    group,
+    parity,
+    run_locally,
+    run_tool,
+)
 from drivers.modbus.codec import (
     DATA_TYPES,
     TABLES,
@@ -59,17 +67,7 @@ def _line_arguments(parser: argparse.ArgumentParser) -> None:
         default="socket",
         help="with --host: socket (Modbus TCP) or rtu (RTU over TCP gateway)",
     )
-    agent = parser.add_argument_group(
-        "the running agent",
-        "if an agent runs on this port, the tool goes through it (no need to stop it)",
-    )
-    agent.add_argument(
-        "--config",
-        metavar="PATH",
-        help="the agent's config, to find its control socket "
-        "(default: /etc/edge-agent/agent.yaml when present)",
-    )
-    agent.add_argument("--socket", help="the agent's control socket itself")
+    agent_arguments(parser)
 
 
 def add_commands(

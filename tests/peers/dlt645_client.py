@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import datetime
 from typing import Any
 
-from dlt645_common import effective_parity, nameplate_to_wire
+from dlt645_common import effective_parity, library_log_to_stderr, nameplate_to_wire, parse_di
 
 ERROR_BITS = {
     0x01: "other error",
@@ -87,12 +86,6 @@ def explain_failure(service: Any) -> str:
     return f"reply the library could not decode: {raw.hex(' ').upper()}"
 
 
-def parse_di(text: str) -> int:
-    if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{8}", text):
-        raise ValueError(f"data identifier must be 8 hex digits, got {text!r}")
-    return int(text, 16)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", required=True)
@@ -120,15 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     from dlt645 import MeterClientService
-    from loguru import logger
 
     if args.verbose:
-        logger.add(
-            sys.stderr,
-            level="DEBUG",
-            filter=lambda record: isinstance(record["extra"].get("task"), str),
-            format="{time:HH:mm:ss.SSS} {level} {message}",
-        )
+        library_log_to_stderr()
 
     service = MeterClientService.new_rtu_client(
         port=args.port,

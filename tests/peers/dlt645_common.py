@@ -1,9 +1,11 @@
-"""What tests/peers/dlt645_meter.py and dlt645_client.py share: address order and a pty's parity."""
+"""What tests/peers/dlt645_meter.py and dlt645_client.py share: address order, identifiers, a
+pty's parity and the library's log."""
 
 from __future__ import annotations
 
 import re
 import stat
+import sys
 from pathlib import Path
 
 
@@ -28,3 +30,24 @@ def effective_parity(port: str, parity: str) -> str:
     if stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) <= 143:
         return "N"
     return parity
+
+
+def parse_di(text: str) -> int:
+    """``02010100`` (or ``0x02010100``): a data identifier as the standard writes it."""
+    if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{8}", text.strip()):
+        raise ValueError(f"data identifier must be 8 hex digits, got {text!r}")
+    return int(text, 16)
+
+
+def library_log_to_stderr() -> None:
+    """The library keeps its own log off by default (``dlt645.common.base_log``): a plain stderr
+    sink for its records only (every RX/TX frame). ``configure_logging()`` is not used because
+    it also adds log files inside the installed package directory."""
+    from loguru import logger
+
+    logger.add(
+        sys.stderr,
+        level="DEBUG",
+        filter=lambda record: isinstance(record["extra"].get("task"), str),
+        format="{time:HH:mm:ss.SSS} {level} {message}",
+    )

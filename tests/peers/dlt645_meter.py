@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import threading
 from datetime import datetime
 
-from dlt645_common import effective_parity, nameplate_to_wire
+from dlt645_common import effective_parity, library_log_to_stderr, nameplate_to_wire, parse_di
 
 DEFAULT_VALUES: dict[int, float] = {
     0x00000000: 12345.67,
@@ -55,9 +54,7 @@ def parse_value(spec: str) -> tuple[int, object]:
     if "=" not in spec:
         raise ValueError(f"--value wants DI=VALUE, got {spec!r}")
     di_text, value_text = spec.split("=", 1)
-    if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{8}", di_text.strip()):
-        raise ValueError(f"data identifier must be 8 hex digits, got {di_text!r}")
-    di = int(di_text, 16)
+    di = parse_di(di_text)
     category = di >> 24
     value_text = value_text.strip()
     if category in (0x00, 0x02):
@@ -94,19 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    # The library keeps its own log off by default (dlt645.common.base_log); --verbose adds a
-    # plain stderr sink for its records only. configure_logging() is not used because it also
-    # adds log files inside the installed package directory.
     from dlt645 import MeterServerService
-    from loguru import logger
 
     if args.verbose:
-        logger.add(
-            sys.stderr,
-            level="DEBUG",
-            filter=lambda record: isinstance(record["extra"].get("task"), str),
-            format="{time:HH:mm:ss.SSS} {level} {message}",
-        )
+        library_log_to_stderr()
 
     service = MeterServerService.new_rtu_server(
         port=args.port,
