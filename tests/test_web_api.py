@@ -453,3 +453,41 @@ async def test_doors_are_listed_with_their_state_and_link(tmp_path: Path) -> Non
         assert door["since_ms"] > 0
         page = await (await client.get("/")).text()
         assert 'id="doors-panel"' in page
+
+
+async def test_tags_are_listed_missing_first_and_capped(tmp_path: Path) -> None:
+    def tag(tag_id: str, presence: str | None, battery: float = 80) -> dict[str, Any]:
+        points: list[dict[str, Any]] = [
+            {"name": "battery", "kind": "constant", "value": battery, "unit": "%"}
+        ]
+        if presence is not None:
+            points.append({"name": "presence", "kind": "constant", "value": presence})
+        return sim_device(tag_id, kind="tag", points=points)
+
+    devices = [tag(f"t{n:02}", "present") for n in range(32)]
+    devices += [tag("gone", "away", battery=9), tag("silent", None), sim_device("meter")]
+    devices.append(tag("spare", "away") | {"enabled": False})
+    async with running_agent(tmp_path, devices) as runtime, WebClient(base_url(runtime)) as client:
+        await client.login()
+
+        async def tags() -> dict[str, Any]:
+            status = await client.api("/api/status")
+            return status["tags"]  # type: ignore[no-any-return]
+
+        await wait_until(
+            lambda: all(
+                runtime.state.devices[d["id"]].points for d in devices if d.get("enabled", True)
+            ),
+            what="every tag read once",
+        )
+        shown = await tags()
+        # Enabled tags only (not the meter, not the disabled spare); at most 30 shown.
+        assert shown["total"] == 34
+        assert len(shown["shown"]) == 30
+        first, second = shown["shown"][:2]
+        assert (first["id"], first["presence"], first["battery_low"]) == ("gone", "away", True)
+        # A tag that never said where it is comes next: "never", not "present".
+        assert (second["id"], second["presence"]) == ("silent", "never")
+        assert {r["presence"] for r in shown["shown"][2:]} == {"present"}
+        assert shown["shown"][2]["battery_low"] is False
+        assert shown["shown"][2]["last_seen_ms"] > 0

@@ -81,6 +81,27 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProce
             ],
         )
     )
+    # Two tags as a BLE driver reports them: a wristband in range, an SOS button away with a
+    # low battery (the simulated driver plays their points; the BLE driver's own path is in
+    # test_ble.py).
+    for tag_id, name, presence, rssi, battery in (
+        ("wrist-101", "张阿姨 手环", "present", -62, 78),
+        ("sos-lobby", "大堂 紧急按钮", "away", -80, 12),
+    ):
+        devices.append(
+            sim_device(
+                tag_id,
+                name=name,
+                kind="tag",
+                interval_s=2,
+                points=[
+                    {"name": "presence", "kind": "constant", "value": presence},
+                    {"name": "rssi", "kind": "constant", "value": rssi, "unit": "dBm"},
+                    {"name": "distance", "kind": "constant", "value": "room"},
+                    {"name": "battery", "kind": "constant", "value": battery, "unit": "%"},
+                ],
+            )
+        )
     path = write_config(
         directory,
         devices,
@@ -360,7 +381,7 @@ async def test_devices_search_and_config_pages(
     page = await login(context, url, "view", VIEW_PASSWORD)
     await page.goto(url + "/devices")
     rows = page.locator("#devices tbody tr")
-    await expect(rows).to_have_count(8)
+    await expect(rows).to_have_count(10)
     await page.fill("#q", "5号楼")
     await expect(rows).to_have_count(4)
     await expect(page).to_have_url(re.compile(r"\?q=5"))
@@ -410,6 +431,32 @@ async def test_a_failed_bus_is_shown_as_the_cause(
         no_script_errors(page)
     finally:
         assert proc.stop() == 0
+
+
+async def test_tags_show_who_is_in_range_the_missing_first(
+    agent: tuple[AgentProcess, str], context: BrowserContext
+) -> None:
+    _, url = agent
+    page = await login(context, url, "view", VIEW_PASSWORD)
+    await expect(page.locator("#tags-panel")).to_be_visible()
+    rows = page.locator("#tags tbody tr")
+    await expect(rows).to_have_count(2)
+    # The tag that is away comes first, its low battery marked.
+    await expect(rows.first).to_have_attribute("data-id", "sos-lobby")
+    await expect(rows.first).to_have_attribute("data-presence", "away")
+    await expect(rows.first).to_contain_text("离开")
+    await expect(rows.first.locator("td[data-low]")).to_have_attribute("data-low", "yes")
+    await expect(rows.first.locator("td[data-low]")).to_have_text("12 %")
+    present = page.locator('#tags tr[data-id="wrist-101"]')
+    await expect(present).to_have_attribute("data-presence", "present")
+    await expect(present).to_contain_text("张阿姨 手环")
+    await expect(present).to_contain_text("-62 dBm · 同一房间")
+    await expect(present.locator("td[data-low]")).to_have_attribute("data-low", "no")
+    # When it was last heard, in words ("… ago"), not blank.
+    await expect(present.locator("td").nth(4)).not_to_have_text("–")
+    await expect(page.locator("#tags-more")).to_be_hidden()
+    await shot(page, "overview-tags")
+    no_script_errors(page)
 
 
 async def test_doors_show_their_state_on_the_overview(

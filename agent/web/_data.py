@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agent.config.errors import ConfigError
-from agent.config.models import PolledDeviceConfig, StreamedDeviceConfig
+from agent.config.models import DeviceKind, PolledDeviceConfig, StreamedDeviceConfig
 from agent.config.secrets import REDACTED, redact
 from agent.driver import Health
 from agent.records import Event, Status, now_ms
@@ -264,6 +264,7 @@ def status_payload(runtime: AgentView, probes: Probes, throughput: Throughput) -
         "problems_total": len(problems),
         "buses": runtime.bus_figures(),
         "doors": _doors(states, names),
+        "tags": _tags(cfg.devices, state.devices),
     }
 
 
@@ -287,6 +288,51 @@ def _doors(states: list[DeviceState], names: Mapping[str, str | None]) -> list[d
             }
         )
     return doors
+
+
+_TAGS_ON_OVERVIEW = 30
+_TAG_ORDER = {"away": 0, "unknown": 1, "never": 2, "present": 3}
+"""Who is missing first: a tag away, one whose adapter is down, one never heard."""
+
+
+def _tags(devices: Iterable[DeviceConfig], states: Mapping[str, DeviceState]) -> dict[str, Any]:
+    """Tags (devices of kind ``tag``: BLE wristbands, buttons, beacons): whether each is in
+    range, since when, when it was last heard, its signal and battery; the missing first, at
+    most :data:`_TAGS_ON_OVERVIEW` of them (the devices page lists all)."""
+    rows: list[dict[str, Any]] = []
+    for device in devices:
+        if device.kind is not DeviceKind.TAG or not device.enabled:
+            continue
+        st = states.get(device.id)
+        points = st.points if st is not None else {}
+        presence = points.get("presence")
+        if st is not None and st.health is Health.UNKNOWN:
+            shown = "unknown"  # the adapter is down: whatever it last knew is not known now
+        else:
+            shown = str(presence.value) if presence is not None else "never"
+        battery = points.get("battery")
+        low = getattr(device, "battery_low_pct", None) or 20
+        rssi, distance = points.get("rssi"), points.get("distance")
+        rows.append(
+            {
+                "id": device.id,
+                "name": device.name,
+                "health": st.health.value if st is not None else Health.STARTING.value,
+                "presence": shown,
+                "since_ms": presence.ts if presence is not None else None,
+                "last_seen_ms": st.last_success_ms if st is not None else None,
+                "rssi": rssi.value if rssi is not None else None,
+                "distance": distance.value if distance is not None else None,
+                "battery": battery.value if battery is not None else None,
+                "battery_low": (
+                    isinstance(battery.value, int | float) and battery.value < low
+                    if battery is not None
+                    else None
+                ),
+            }
+        )
+    rows.sort(key=lambda r: (_TAG_ORDER.get(r["presence"], 9), r["id"]))
+    return {"total": len(rows), "shown": rows[:_TAGS_ON_OVERVIEW]}
 
 
 # ---------------------------------------------------------------------------- devices

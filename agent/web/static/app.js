@@ -285,6 +285,28 @@
     });
     replaceRows(document.querySelector("#doors tbody"), doors);
     document.getElementById("doors-panel").hidden = doors.length === 0;
+
+    // Tags (BLE wristbands, buttons, beacons): who is in range; the missing first. A tag whose
+    // adapter is down is "unknown", never "away".
+    const tagData = data.tags || { total: 0, shown: [] };
+    const tags = tagData.shown.map((g) => {
+      const badge = { present: "health-ok", away: "health-degraded", unknown: "health-unknown" }[g.presence] || "health-starting";
+      const signal = typeof g.rssi === "number"
+        ? `${g.rssi} dBm` + (g.distance ? ` · ${T(`distance.${g.distance}`)}` : "") : EMPTY;
+      return el("tr", { class: `health-${g.health}`, "data-id": g.id, "data-presence": g.presence },
+        el("td", {}, el("span", { class: `badge ${badge}`, text: T(`presence.${g.presence}`) })),
+        el("td", {}, el("a", { href: `/devices/${encodeURIComponent(g.id)}`, text: g.id })),
+        el("td", { text: g.name || EMPTY }),
+        el("td", { text: g.since_ms ? `${fmtTime(g.since_ms)} (${fmtAgo(g.since_ms)})` : EMPTY }),
+        el("td", { text: g.last_seen_ms ? fmtAgo(g.last_seen_ms) : EMPTY }),
+        el("td", { text: signal }),
+        el("td", { class: g.battery_low ? "err" : "", "data-low": g.battery_low ? "yes" : "no",
+          text: typeof g.battery === "number" ? `${fmtNum(g.battery)} %` : EMPTY }));
+    });
+    replaceRows(document.querySelector("#tags tbody"), tags);
+    document.getElementById("tags-panel").hidden = tagData.total === 0;
+    document.getElementById("tags-count").textContent = tagData.total ? fmtNum(tagData.total) : "";
+    document.getElementById("tags-more").hidden = tagData.total <= tagData.shown.length;
   }
 
   // ------------------------------------------------------------------ devices
