@@ -33,6 +33,8 @@ GATE = "gate-north"
 GATE_LINE = "rs485-gate"
 METER_LINE = "rs485-meters"
 """The demo's line of household meters, simulated on a pty pair."""
+RADIO = "radio"
+"""The demo's Bluetooth adapter, simulated (no radio)."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -100,6 +102,53 @@ def _meter_line() -> list[dict[str, Any]]:
     return [*meters, *water, heat]
 
 
+def _radio() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The demo's Bluetooth tags on a simulated adapter (drivers/ble/simulated.py): a resident's
+    wristband (she leaves for a while every 6 min and comes back), the lobby's SOS button
+    (pressed every 90 s; its battery is low), a wheelchair's iBeacon tag (its address rotates)
+    and the pump room's thermometer."""
+    bus = {"id": RADIO, "ble": {"adapter": "hci0", "simulate": True}}
+    tags: list[dict[str, Any]] = [
+        {
+            "id": "wrist-b5-101",
+            "name": "5号楼101 张阿姨 手环 (模拟)",
+            "mac": "C0:11:22:33:44:01",
+            "class": "wristband",
+            "location": {"building": "5", "unit": "1", "floor": 1, "room": "101"},
+        },
+        {
+            "id": "sos-b5-lobby",
+            "name": "5号楼大堂 紧急按钮 (模拟)",
+            "mac": "E0:00:00:00:00:09",
+            "class": "sos_button",
+            "vendor": {
+                "company_id": 0x0A12,
+                "prefix": "01",
+                "fields": [
+                    {"name": "counter", "offset": 1, "type": "u8"},
+                    {"name": "button", "offset": 2, "type": "u8"},
+                    {"name": "battery", "offset": 3, "type": "u8", "unit": "%"},
+                ],
+            },
+            "location": {"building": "5", "unit": "1", "floor": 1},
+        },
+        {
+            "id": "wheelchair-07",
+            "name": "轮椅 07 (模拟)",
+            "ibeacon": {"uuid": "fda50693-a4e2-4fb1-afcf-c6eb07647825", "major": 3, "minor": 7},
+            "class": "asset",
+        },
+        {
+            "id": "pump-room-temp",
+            "name": "水泵房 温湿度 (模拟)",
+            "mac": "A4:C1:38:00:11:22",
+            "class": "sensor",
+            "location": {"building": "5", "floor": -1, "room": "水泵房"},
+        },
+    ]
+    return bus, [{"driver": "ble", "bus": RADIO, **tag} for tag in tags]
+
+
 def write_demo_config(
     state: Path,
     platform_port: int,
@@ -143,6 +192,9 @@ def write_demo_config(
             {"id": METER_LINE, "serial": {"port": lines[METER_LINE], "baud": 2400}},
         ]
         config["devices"] += _meter_line()
+    radio, tags = _radio()
+    config["buses"] = [*config.get("buses", []), radio]
+    config["devices"] += tags
     gateway_id = config["gateway"]["id"]
     config["buffer"] = {**config.get("buffer", {}), "path": str(state / "buffer.db")}
     config["control"] = {"socket": str(state / "control.sock")}

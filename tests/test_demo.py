@@ -132,11 +132,30 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
             what="the gate's door to open",
         )
 
+        # The simulated Bluetooth adapter's tags: every one in range, the lobby button's low
+        # battery, its first SOS press (20 s in) as one alarm.
+        def tags_arrived() -> list[dict[str, object]]:
+            r = stored()
+            heard = {
+                x["device"]
+                for x in r
+                if x.get("type") in ("tag.present", "tag.sos", "tag.battery_low")
+            }
+            wanted = {"wrist-b5-101", "sos-b5-lobby", "wheelchair-07", "pump-room-temp"}
+            done = heard >= wanted and any(x.get("type") == "tag.sos" for x in r)
+            return r if done else []
+
+        tags = wait_for(tags_arrived, timeout_s=90, what="the demo's tags at the platform")
+        sos = [x for x in tags if x.get("type") == "tag.sos"]
+        assert [(x["device"], x["severity"]) for x in sos] == [("sos-b5-lobby", "alarm")]
+        assert any(x.get("type") == "tag.battery_low" for x in tags)
+
         async with WebClient(page.rstrip("/")) as client:
             assert (await client.try_login("demo", "wrong password")).status != 303
             await client.login("demo", password)
             status = await client.api("/api/status")
             assert status["gateway"]["id"] == "gw-demo"
+            assert status["tags"]["total"] == 4
     assert demo.code == 0, "".join(lines[-20:])
     assert any('"agent.stopped"' in line for line in lines)
 

@@ -26,8 +26,9 @@ class BleAdapter(BusHandle):
         self.adapter = config.ble.adapter
         self.mode = config.ble.mode
         self.silent_s = config.ble.silent_s
+        self.simulate = config.ble.simulate
         super().__init__(config, slots=1, on_link=on_link)
 
     @property
     def where(self) -> str:
-        return f"bluetooth {self.adapter}"
+        return f"bluetooth {self.adapter}" + (" (simulated)" if self.simulate else "")

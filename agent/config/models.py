@@ -213,6 +213,9 @@ class BleBus(StrictModel):
     silent_s: Annotated[float, Field(ge=2, le=3600)] = 120.0
     """A scanner that hears no advert at all for this long is restarted (then less often while
     the air stays quiet)."""
+    simulate: bool = False
+    """No radio: the enrolled tags are played from a script (drivers/ble/simulated.py), for the
+    demo and trials. A gateway in service leaves it off."""
 
 
 class Bus(StrictModel):

@@ -208,6 +208,12 @@ class Field:
         value: int = struct.unpack(_TYPES[self.type], raw)[0]
         return value
 
+    def pack(self, raw: int) -> bytes:
+        """The field's bytes for ``raw`` (what :meth:`read` gives back): for simulated tags."""
+        if self.type == "u24le":
+            return raw.to_bytes(3, "little")
+        return struct.pack(_TYPES[self.type], raw)
+
 
 @dataclass(frozen=True, slots=True)
 class VendorFormat:

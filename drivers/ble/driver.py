@@ -35,13 +35,14 @@ from drivers.ble.presence import Happening, TagTracker
 
 if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
-    from bleak.backends.scanner import AdvertisementData
+    from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
     from drivers.ble.config import BleTag
 
 __all__ = ["BleDriver"]
 
 _SWEEP_S: Final = 1.0
+_TELL_EVERY_S: Final = 1.0
 _QUIET_MAX_S: Final = 3600.0
 """The longest wait between restarts of a scanner in quiet air."""
 _RETRY_FIRST_S: Final = 1.0
@@ -58,6 +59,8 @@ class _Tag:
     locked: bool = False
     """Its key file could not be read: nothing it sends is taken (fail closed: a plain advert
     must not pass for an encrypted tag's)."""
+    told: float = float("-inf")
+    """When the core was last told the tag was heard (its "last seen", at most once a second)."""
 
 
 class BleDriver:
@@ -106,6 +109,11 @@ class BleDriver:
         self._identify = TagDecoder()
         """Reads the beacon identity of adverts from addresses no tag is enrolled by."""
         self._stopping = asyncio.Event()
+        self._backend: type[BaseBleakScanner] | None = None
+        if self.bus.simulate:
+            from drivers.ble.simulated import scanner_backend  # noqa: PLC0415
+
+            self._backend = scanner_backend(self.bus.id, [t.config for t in self.tags.values()])
 
     def _key(self, config: BleTag) -> bytes | None:
         if config.key_file is None:
@@ -157,7 +165,12 @@ class BleDriver:
         bluez: dict[str, Any] = {"adapter": self.bus.adapter, "filters": {"DuplicateData": True}}
         if self.bus.mode == "passive":
             bluez["or_patterns"] = _passive_patterns()
-        scanner = BleakScanner(self._heard, scanning_mode=self.bus.mode, bluez=cast("Any", bluez))
+        scanner = BleakScanner(
+            self._heard,
+            scanning_mode=self.bus.mode,
+            bluez=cast("Any", bluez),
+            backend=self._backend,
+        )
         try:
             await scanner.start()
         except BleakDBusError as exc:
@@ -243,6 +256,9 @@ class BleDriver:
             for problem in decoded.problems:
                 counters[problem] += 1
         self._emit(tag, tag.tracker.heard(advert.time, advert.rssi, decoded))
+        if advert.time - tag.told >= _TELL_EVERY_S:
+            tag.told = advert.time
+            self.ctx.health.ok(tag.config.id)
 
     def _emit(self, tag: _Tag, happenings: list[Happening]) -> None:
         if not happenings:

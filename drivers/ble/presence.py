@@ -139,7 +139,7 @@ class TagTracker:
         if decoded.counter is not None:
             self._counter = decoded.counter
         if fresh:
-            out += [self._press(at, p) for p in decoded.presses]
+            out += [self._press(at, p, decoded.counter) for p in decoded.presses]
         for name, (value, unit) in decoded.values.items():
             if name == "battery" and isinstance(value, int | float):
                 out += self._battery(at, float(value))
@@ -182,9 +182,11 @@ class TagTracker:
         band = distance_band(self.rssi, reference)
         return [Happening("rssi", at, value=round(self.rssi, 1), unit="dBm", detail={"band": band})]
 
-    def _press(self, at: float, press: Press) -> Happening:
+    def _press(self, at: float, press: Press, counter: int | None) -> Happening:
         kind = "sos" if self.defaults.sos and press.kind == "press" else "press"
-        return Happening(kind, at, name=press.button, value=press.kind)
+        # The payload's counter goes with it: the platform can tell presses apart by it too.
+        detail: dict[str, object] = {} if counter is None else {"counter": counter}
+        return Happening(kind, at, name=press.button, value=press.kind, detail=detail)
 
     def _battery(self, at: float, percent: float) -> list[Happening]:
         self._battery_raw.append(percent)

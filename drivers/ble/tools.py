@@ -80,10 +80,21 @@ async def scan(bus: BusHandle, options: Mapping[str, Any]) -> dict[str, Any]:
             entry.identities.update(decoded.identities)
             entry.values.update({k: v for k, (v, _) in decoded.values.items()})
 
+    backend = None
+    if bus.simulate:
+        from drivers.ble.simulated import registered  # noqa: PLC0415
+
+        backend = registered(bus.id)
+        if backend is None:
+            return {
+                "where": bus.where,
+                "error": "the agent's simulated adapter has not started: scan again in a moment",
+            }
     scanner = BleakScanner(
         callback,
         scanning_mode="active",
         bluez={"adapter": bus.adapter, "filters": {"DuplicateData": True}},
+        backend=backend,
     )
     try:
         await scanner.start()
