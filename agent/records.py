@@ -15,6 +15,7 @@ from typing import Any, Literal
 import orjson
 
 __all__ = [
+    "PRIORITY_ALARM",
     "PRIORITY_EVENT",
     "PRIORITY_READING",
     "Event",
@@ -60,9 +61,14 @@ class StatusState(enum.StrEnum):
 
 
 # Buffer priority classes: lower leaves first. Events and status leave before bulk readings,
-# so a week of meter readings never delays a door-forced alarm.
+# so a week of meter readings never delays a door-forced alarm; alarms (events of severity alarm
+# or critical: an SOS, a forced door) leave before every other event, so a backlog of status
+# changes after an outage never delays them either.
+PRIORITY_ALARM = -1
 PRIORITY_EVENT = 0
 PRIORITY_READING = 1
+PRIORITIES = (PRIORITY_ALARM, PRIORITY_EVENT, PRIORITY_READING)
+"""Every class, in the order they leave."""
 
 
 def boot_id() -> str:
@@ -112,7 +118,10 @@ class Event(_Base):
 
     @property
     def priority(self) -> int:
-        return PRIORITY_EVENT
+        return PRIORITY_ALARM if self.severity in _ALARMING else PRIORITY_EVENT
+
+
+_ALARMING = frozenset({Severity.ALARM, Severity.CRITICAL})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from agent.records import PRIORITY_EVENT, PRIORITY_READING, Record, encode_record
+from agent.records import PRIORITIES, Event, Record, encode_record
 
 __all__ = ["Kind", "RecordEncoder"]
 
@@ -25,7 +25,8 @@ Encoder = Callable[[Any], bytes]
 
 class Kind(NamedTuple):
     encode: Encoder
-    priority: int
+    priority: int | None
+    """The class's priority; None where each record has its own (an event's is its severity's)."""
 
 
 def _generated_encoder(cls: type[Any]) -> Encoder | None:
@@ -61,8 +62,8 @@ class RecordEncoder:
 
     def learn(self, record: Record) -> Kind:
         priority = record.priority
-        if priority not in (PRIORITY_EVENT, PRIORITY_READING):
-            raise ValueError(f"record priority {priority} is neither event nor reading")
+        if priority not in PRIORITIES:
+            raise ValueError(f"record priority {priority} is not one of {PRIORITIES}")
         reference = encode_record(record)
         fast = _generated_encoder(type(record))
         chosen: Encoder = encode_record
@@ -72,6 +73,6 @@ class RecordEncoder:
                     chosen = fast
             except (TypeError, AttributeError, orjson.JSONEncodeError):
                 pass
-        kind = Kind(chosen, priority)
+        kind = Kind(chosen, None if isinstance(record, Event) else priority)
         self.kinds[type(record)] = kind
         return kind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from agent.records import PRIORITY_EVENT, PRIORITY_READING
+from agent.records import PRIORITY_ALARM, PRIORITY_EVENT, PRIORITY_READING
 
 __all__ = ["MAX_SEQ", "ROW_OVERHEAD", "TABLE", "TS", "Counters"]
 
@@ -16,7 +16,8 @@ measured at 25-35 bytes per row for typical readings. The bound is on body + thi
 MAX_SEQ: Final = 2**63 - 1
 TS: Final = "json_extract(CAST(body AS TEXT), '$.ts')"
 """SQL for a row's ``ts``."""
-TABLE: Final = {PRIORITY_EVENT: "events", PRIORITY_READING: "readings"}
+TABLE: Final = {PRIORITY_ALARM: "alarms", PRIORITY_EVENT: "events", PRIORITY_READING: "readings"}
+"""The table of each priority class, in the order ``take`` drains them."""
 
 
 @dataclasses.dataclass(slots=True)

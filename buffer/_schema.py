@@ -95,9 +95,16 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # Alarms (an SOS, a forced door) in a class of their own that leaves before every other
+    # event. Alarm events already waiting in ``events`` stay there, in their order.
+    conn.execute("CREATE TABLE alarms (seq INTEGER PRIMARY KEY, boot TEXT, body BLOB NOT NULL)")
+    conn.execute("CREATE INDEX alarms_unsynced ON alarms (boot) WHERE boot IS NOT NULL")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: list[Migration] = [_v1, _v2]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
 """``MIGRATIONS[i]`` migrates version ``i`` to ``i + 1``. Append new steps; never edit old ones."""
 
 
@@ -156,6 +163,8 @@ def check_schema(conn: sqlite3.Connection) -> str:
     ]
     if user_version(conn) >= 2:  # v2 added the command ledger
         tables.append(("commands", "id, expires_ms, claimed_ms"))
+    if user_version(conn) >= 3:  # v3 added the alarm class
+        tables.append(("alarms", "seq, boot, body"))
     try:
         for table, columns in tables:
             conn.execute(f"SELECT {columns} FROM {table} LIMIT 0").fetchall()  # noqa: S608

@@ -87,7 +87,7 @@ class BufferStats:
     path: str
     records: int
     events: int
-    """Events and status records (priority 0)."""
+    """Events (alarms included) and status records."""
     readings: int
     bytes: int
     """Logical bytes counted against ``max_bytes`` (body + ROW_OVERHEAD per row)."""

@@ -8,10 +8,11 @@ promises and how this module keeps them:
 2. ``seq``: ``meta.last_seq`` is read and written inside every write transaction, so a seq is
    never reused (not after ack-all, not after reopen, not by a second process) and a rolled-back
    transaction consumes none.
-3. Priorities: events and status live in ``events``, readings in ``readings``; ``take`` drains
-   ``events`` first, each in seq order.
+3. Priorities: alarms (events of severity alarm or critical) live in ``alarms``, other events
+   and status in ``events``, readings in ``readings``; ``take`` drains them in that order, each
+   in seq order.
 4. Bounded: logical bytes (body length + :data:`ROW_OVERHEAD` per row) are kept in ``meta`` and
-   the oldest readings, then the oldest events, are range-deleted when the bound is hit; every
+   the oldest readings, then events, then alarms, are range-deleted when the bound is hit; every
    drop is counted and reported by an ``agent.buffer_overflow`` event in the same transaction.
 5. Acknowledged deletion: ``ack`` deletes exactly the seq ranges the batch covered.
 6. Recoverable: a file that is not a database, fails ``quick_check`` or has an unreadable schema
@@ -39,7 +40,6 @@ import orjson
 import structlog
 
 from agent.records import (
-    PRIORITY_EVENT,
     PRIORITY_READING,
     Event,
     Record,
@@ -281,7 +281,7 @@ class Buffer(Eviction):
         conn = self._conn
         # Defence in depth: should meta ever lag the tables, never hand out a used seq.
         high = 0
-        for table in ("events", "readings", "poison"):
+        for table in (*TABLE.values(), "poison"):
             row = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()  # noqa: S608
             high = max(high, row[0] or 0)
         config = (self.max_bytes, self.max_age_s, self.durability.value)
@@ -414,7 +414,8 @@ class Buffer(Eviction):
         return seqs
 
     def take(self, max_records: int, max_bytes: int) -> Batch | None:
-        """The oldest waiting records: events/status first, then readings, each in seq order.
+        """The oldest waiting records: alarms first, then other events and status, then
+        readings, each class in seq order.
 
         Stops before ``max_records`` or ``max_bytes`` would be exceeded but always returns at
         least one record; ``None`` when empty. Nothing changes until ``ack``/``set_aside``, so
@@ -427,12 +428,12 @@ class Buffer(Eviction):
         ranges: list[tuple[int, int, int]] = []
         size = 0
         full = False
-        for prio in (PRIORITY_EVENT, PRIORITY_READING):
+        for prio, table in TABLE.items():
             want = max_records - len(out)
             if want <= 0 or full:
                 break
             cursor = self._conn.execute(
-                f"SELECT seq, body FROM {TABLE[prio]} ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT seq, body FROM {table} ORDER BY seq LIMIT ?",  # noqa: S608
                 (want,),
             )
             first = last = -1
@@ -623,7 +624,7 @@ class Buffer(Eviction):
             else f"body = CAST(json_set(CAST(body AS TEXT), '$.ts', {TS} + ?) AS BLOB)"
         )
         with self._write() as c:
-            for table in ("events", "readings"):
+            for table in TABLE.values():
                 count, before = self._conn.execute(
                     f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table} "  # noqa: S608
                     "WHERE boot = ?",
@@ -658,12 +659,13 @@ class Buffer(Eviction):
         ).fetchone()
         c = Counters(*row[:7])
         oldest: dict[str, int | None] = {}
-        for table in ("events", "readings"):
+        for table in TABLE.values():
             ts = conn.execute(
                 f"SELECT {TS} FROM {table} ORDER BY seq LIMIT 1"  # noqa: S608
             ).fetchone()
             oldest[table] = ts[0] if ts is not None and isinstance(ts[0], int) else None
         candidates = [v for v in oldest.values() if v is not None]
+        events = [v for t, v in oldest.items() if t != "readings" and v is not None]
         return BufferStats(
             epoch=self.epoch,
             path=str(self.path),
@@ -674,7 +676,7 @@ class Buffer(Eviction):
             file_bytes=file_bytes(self.path),
             max_bytes=self.max_bytes,
             oldest_ms=min(candidates) if candidates else None,
-            oldest_event_ms=oldest["events"],
+            oldest_event_ms=min(events) if events else None,
             last_seq=c.last_seq,
             dropped_readings=c.dropped_readings,
             dropped_events=c.dropped_events,
@@ -706,10 +708,10 @@ class Buffer(Eviction):
                         "poisoned_ms": when,
                     }
             else:
-                # Merge the two seq-ordered tables instead of sorting: constant memory.
+                # Merge the seq-ordered tables instead of sorting: constant memory.
                 streams = [
                     conn.execute(f"SELECT seq, body FROM {t} ORDER BY seq")  # noqa: S608
-                    for t in ("events", "readings")
+                    for t in TABLE.values()
                 ]
                 for seq, body in heapq.merge(*streams):
                     yield {"seq": seq, "epoch": epoch, **orjson.loads(body)}
@@ -765,11 +767,13 @@ class Buffer(Eviction):
         kinds = self._encode.kinds
         learn = self._encode.learn
         first = c.last_seq + 1
-        classes = set(map(type, records))
-        if len(classes) == 1 and all(map(_SYNCED, records)):
-            # The common group: one record class, all stamped by a synced clock. Same result as
-            # the loop below, with the per-record work done by C-level map/slice operations.
+        only = None
+        if len(set(map(type, records))) == 1:
             only = kinds.get(type(records[0])) or learn(records[0])
+        if only is not None and only.priority is not None and all(map(_SYNCED, records)):
+            # The common group: one record class of one priority (readings, status), all
+            # stamped by a synced clock. Same result as the loop below, with the per-record
+            # work done by C-level map/slice operations.
             bodies = list(map(only.encode, records))
             n = len(bodies)
             values: list[Any] = [None] * (2 * n)
@@ -786,13 +790,9 @@ class Buffer(Eviction):
             return list(range(first, first + n))
         boot = self.boot_id
         flat: dict[tuple[int, bool], list[Any]] = {
-            (PRIORITY_READING, True): [],
-            (PRIORITY_READING, False): [],
-            (PRIORITY_EVENT, True): [],
-            (PRIORITY_EVENT, False): [],
+            (prio, synced): [] for prio in TABLE for synced in (True, False)
         }
-        readings = flat[PRIORITY_READING, True]
-        events = flat[PRIORITY_EVENT, True]
+        synced_rows = {prio: flat[prio, True] for prio in TABLE}
         seq = c.last_seq
         size = 0
         for record in records:
@@ -802,12 +802,15 @@ class Buffer(Eviction):
                 kind = learn(record)
             body = kind.encode(record)
             size += len(body)
+            prio = kind.priority
+            if prio is None:
+                prio = record.priority
             if record.ts_synced:
-                rows = readings if kind.priority else events
+                rows = synced_rows[prio]
                 rows.append(seq)
                 rows.append(body)
             else:
-                flat[kind.priority, False].extend((seq, boot, body))
+                flat[prio, False].extend((seq, boot, body))
         n_readings = n_events = 0
         for (prio, synced), values in flat.items():
             if values:

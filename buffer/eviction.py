@@ -1,5 +1,5 @@
 """The bound: when the buffer is full the oldest set-aside (poison) records go first, then the
-oldest readings, events last, and every drop is counted and reported by an
+oldest readings, then events, alarms last, and every drop is counted and reported by an
 ``agent.buffer_overflow`` event in the same transaction (DESIGN.md section 4, promise 4). What is
 in flight to the platform is spared first, so the platform's gaps are exactly the drops
 reported. Poison counts against the bound: records the platform refused must not grow the file
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from agent.records import PRIORITY_EVENT, PRIORITY_READING, Event, Record, Severity, now_ms
+from agent.records import PRIORITY_READING, Event, Record, Severity, now_ms
 
 from ._encode import RecordEncoder
 from ._meta import MAX_SEQ, ROW_OVERHEAD, TABLE, TS, Counters
@@ -116,7 +116,7 @@ class Eviction:
         target = max(0, self.max_bytes - self._reserve - slack)
         dropped = Dropped()
         self._drop_oldest_poison(c, dropped, c.bytes - target)
-        for prio in (PRIORITY_READING, PRIORITY_EVENT):
+        for prio in reversed(TABLE):  # readings, events, alarms
             # First spare what is in flight; only if that is not enough, drop it too.
             for after in dict.fromkeys((self._taken.get(prio, 0), 0)):
                 need = c.bytes - target

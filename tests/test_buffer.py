@@ -56,15 +56,21 @@ def reading(i: int, *, ts: int | None = None, synced: bool = True, device: str =
     )
 
 
-def event(i: int, *, ts: int | None = None, synced: bool = True) -> Event:
+def event(
+    i: int, *, ts: int | None = None, synced: bool = True, severity: Severity = Severity.ALARM
+) -> Event:
     return Event(
         device="door-1",
         ts=T0 + i if ts is None else ts,
         ts_synced=synced,
-        type="door.forced_open",
-        severity=Severity.ALARM,
+        type="door.forced_open" if severity is Severity.ALARM else "door.closed",
+        severity=severity,
         data={"n": i, "门": "东门"},
     )
+
+
+def info(i: int, *, synced: bool = True) -> Event:
+    return event(i, synced=synced, severity=Severity.INFO)
 
 
 @pytest.fixture
@@ -86,7 +92,7 @@ def seqs_of(batch: Batch) -> list[int]:
 def stored_bytes(b: Buffer) -> int:
     """What the bound counts: waiting records and set-aside ones."""
     total = 0
-    for table in ("events", "readings", "poison"):
+    for table in ("alarms", "events", "readings", "poison"):
         n, size = b._conn.execute(
             f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {table}"  # noqa: S608
         ).fetchone()
@@ -154,9 +160,40 @@ def test_events_leave_before_earlier_readings(buf: Buffer) -> None:
     batch = buf.take(100, BIG)
     assert batch is not None
     assert seqs_of(batch) == [6, 7, 1, 2, 3, 4, 5, 8]
-    assert batch.ranges == ((0, 6, 7), (1, 1, 8))
+    assert batch.ranges == ((-1, 6, 6), (0, 7, 7), (1, 1, 8))  # an alarm, a status, readings
     kinds = [orjson.loads(r)["kind"] for r in batch.records]
     assert kinds == ["event", "status"] + ["reading"] * 6
+
+
+def test_alarms_leave_before_every_other_event_and_are_dropped_last(tmp_path: Path) -> None:
+    """An SOS after an outage must not wait behind hours of status changes: alarms (severity
+    alarm or critical) are a class of their own that leaves first, and goes last when full."""
+    with Buffer.open(tmp_path / "b.db", boot_id="boot-1") as b:
+        b.append([reading(1), info(2), info(3)])
+        b.append([event(4), Status(device="m1", ts=T0, state=StatusState.OFFLINE)])
+        critical = event(6, severity=Severity.CRITICAL)
+        b.append([info(5, synced=False), critical, event(7, synced=False)])
+        batch = b.take(3, BIG)
+        assert batch is not None
+        assert seqs_of(batch) == [4, 7, 8]  # synced or not, alarm or critical
+        assert batch.ranges == ((-1, 4, 8),)
+        assert b.ack(batch) == 3
+        rest = b.take(100, BIG)
+        assert rest is not None
+        assert seqs_of(rest) == [2, 3, 5, 6, 1]
+        assert b.stats().events == 4
+        assert b.stats().bytes == stored_bytes(b)
+    from buffer.core import MIN_MAX_BYTES
+
+    with Buffer.open(tmp_path / "full.db", max_bytes=MIN_MAX_BYTES) as b:
+        alarms = b.append([event(i) for i in range(20)])
+        n = 0
+        while b.stats().dropped_events < 200:
+            b.append([info(n + k) for k in range(20)])
+            n += 20
+        kept = list(b.export())
+        assert [r["seq"] for r in kept if r["severity"] == "alarm"] == alarms
+        assert b.stats().bytes == stored_bytes(b)
 
 
 def test_take_respects_limits_but_returns_at_least_one(buf: Buffer) -> None:
@@ -206,7 +243,7 @@ def test_ack_refuses_a_batch_of_another_epoch(buf: Buffer) -> None:
 
 
 def test_split_halves_have_exact_ranges(buf: Buffer) -> None:
-    buf.append([reading(1), event(2), reading(3), event(4), reading(5), reading(6)])
+    buf.append([reading(1), info(2), reading(3), info(4), reading(5), reading(6)])
     batch = buf.take(100, BIG)
     assert batch is not None
     assert seqs_of(batch) == [2, 4, 1, 3, 5, 6]
@@ -427,10 +464,11 @@ def test_full_buffer_drops_oldest_readings_first_then_events(path: Path) -> None
         assert (s.dropped_readings, s.dropped_events) == (len(reading_seqs) - len(kept), 0)
         assert s.bytes == stored_bytes(b)
 
-        # Now only events arrive: the remaining readings go first, then the oldest events.
+        # Now only events arrive: the remaining readings go first, then the oldest events; the
+        # alarms (the ten above) last of all.
         dropped_events = 0
         for i in range(40):
-            b.append([event(100 + i * 5 + k) for k in range(5)])
+            b.append([info(100 + i * 5 + k) for k in range(5)])
             s = b.stats()
             assert s.bytes <= bound
             if s.dropped_events > dropped_events:
@@ -438,10 +476,12 @@ def test_full_buffer_drops_oldest_readings_first_then_events(path: Path) -> None
                 dropped_events = s.dropped_events
         assert s.dropped_readings == len(reading_seqs)
         assert dropped_events > 0
-        reading_set = set(reading_seqs)
-        all_events = [q for q in range(1, s.last_seq + 1) if q not in reading_set]
-        kept_events = [r["seq"] for r in b.export()]
+        others = set(reading_seqs) | set(user_events)
+        all_events = [q for q in range(1, s.last_seq + 1) if q not in others]
+        kept = list(b.export())
+        kept_events = [r["seq"] for r in kept if r["severity"] != "alarm"]
         assert kept_events == all_events[-len(kept_events) :]  # the oldest events went
+        assert [r["seq"] for r in kept if r["severity"] == "alarm"] == user_events
         assert s.dropped_events == len(all_events) - len(kept_events)
         assert s.bytes == stored_bytes(b)
     with Buffer.open(path, max_bytes=bound) as b:  # counters are persistent
@@ -935,15 +975,40 @@ def test_a_command_is_claimed_once_across_reopening(path: Path) -> None:
         assert ids == {"c-1", "c-2", "c-3"}
 
 
-def test_a_version_1_file_gains_the_command_ledger(path: Path) -> None:
-    monkeypatch = pytest.MonkeyPatch()
-    with monkeypatch.context() as m:
-        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
-        with Buffer.open(path) as b:
-            b.append([reading(1)])
+def older_file(path: Path, version: int, records: list[Record]) -> None:
+    """A buffer file as an agent of schema ``version`` left it, holding ``records`` (readings
+    and events of class 0: the only ones such an agent had)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in schema.MIGRATIONS[:version]:
+        step(conn)
+    conn.execute(f"PRAGMA user_version = {version}")
+    size = 0
+    for seq, record in enumerate(records, 1):
+        body = encode_record(record)
+        size += len(body) + ROW_OVERHEAD
+        table = "readings" if isinstance(record, Reading) else "events"
+        conn.execute(f"INSERT INTO {table} (seq, body) VALUES (?, ?)", (seq, body))  # noqa: S608
+    n_readings = sum(isinstance(r, Reading) for r in records)
+    conn.execute(
+        "UPDATE meta SET last_seq = ?, bytes = ?, readings = ?, events = ?",
+        (len(records), size, n_readings, len(records) - n_readings),
+    )
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_is_migrated_with_everything_it_held(path: Path, version: int) -> None:
+    older_file(path, version, [reading(1), event(2), info(3)])
     with Buffer.open(path) as b:
-        assert b.claim_command("c-1", expires_ms=now_ms() + 1000)
-        assert [r["seq"] for r in b.export()] == [1]
+        assert b.claim_command("c-1", expires_ms=now_ms() + 1000)  # v2: the command ledger
+        b.append([event(4)])  # v3: the alarm class
+        assert [r["seq"] for r in b.export()] == [1, 2, 3, 4]
+        batch = b.take(100, BIG)
+        assert batch is not None
+        # The alarm it had waits in its old place, among the events, in order.
+        assert seqs_of(batch) == [4, 2, 3, 1]
+        assert b.stats().records == 4
+        assert b.stats().bytes == stored_bytes(b)
 
 
 def test_poison_counts_against_the_bound_and_goes_first(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def check_file(path: Path, confirmed: dict[int, bytes]) -> str:
         assert conn.execute("PRAGMA user_version").fetchone() == (schema_version(),)
         epoch, last_seq = conn.execute("SELECT epoch, last_seq FROM meta").fetchone()
         stored: dict[int, bytes] = {}
-        for table in ("events", "readings", "poison"):
+        for table in ("alarms", "events", "readings", "poison"):
             for seq, body in conn.execute(f"SELECT seq, body FROM {table}"):  # noqa: S608
                 assert seq not in stored, f"seq {seq} stored twice"
                 stored[seq] = body
