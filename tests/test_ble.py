@@ -30,6 +30,7 @@ from agent.config.errors import ConfigError
 from agent.config.loader import load_config
 from agent.driver import Health
 from agent.runtime import Runtime
+from drivers.ble import driver as ble_driver
 from drivers.ble.decode import APPLE, BTHOME
 
 pytestmark = pytest.mark.slow
@@ -248,6 +249,98 @@ async def test_an_adapter_powered_off_makes_the_tags_unknown_until_it_is_back(
     assert [r["type"] for r in link] == ["bus.link_down", "bus.link_up"], link
     assert sorted(link[0]["data"]["devices"]) == ["wheelchair-7", "wrist-101"]
     assert events(records, "wrist-101", "tag.away") == []
+
+
+def radio_counters(runtime: Runtime) -> dict[str, int]:
+    figures = next(b for b in runtime.bus_figures() if b["id"] == "radio")
+    counters: dict[str, int] = figures["counters"]
+    return counters
+
+
+async def test_an_adapter_that_stays_off_is_reset_as_the_last_resort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three failed starts in a row: the adapter is reset (the reset itself needs a kernel
+    management socket, so here it is played by powering the mocked adapter on), by the
+    address BlueZ gave for it, once within the hold-off."""
+    resets: list[tuple[str, str, bool]] = []
+    async with radio(tmp_path) as (bluez, air):
+
+        async def reset(adapter: str, address: str, *, gone_silent: bool) -> tuple[bool, str]:
+            resets.append((adapter, address, gone_silent))
+            air.on = True
+            await bluez.power(on=True)
+            return True, ""
+
+        monkeypatch.setattr(ble_driver, "reset_adapter", reset)
+        runtime, task = await wristband_heard(tmp_path)
+        air.on = False
+        await bluez.power(on=False)
+        await wait(lambda: resets, "a reset", timeout_s=60)
+        await wait(lambda: bus_state(runtime) == "up", "the adapter back", timeout_s=60)
+        before = adverts(runtime, "wrist-101")
+        await wait(lambda: adverts(runtime, "wrist-101") > before, "adverts again")
+        counters = radio_counters(runtime)
+        await stop(runtime, task)
+    assert resets == [("hci0", "00:01:02:03:04:05", False)]
+    assert counters["adapter_resets"] == 1
+    assert counters["scanner_adapter_off"] >= 3
+    assert events(buffer_records(tmp_path / "buffer.db"), "wrist-101", "tag.away") == []
+
+
+async def test_a_scanner_deaf_through_three_restarts_has_its_adapter_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter is on but hears nothing (a stuck controller): after three restarts that
+    heard nothing at all, the adapter is reset as one that went silent (a USB reset too)."""
+    resets: list[tuple[str, str, bool]] = []
+
+    async def reset(adapter: str, address: str, *, gone_silent: bool) -> tuple[bool, str]:
+        resets.append((adapter, address, gone_silent))
+        return True, ""
+
+    monkeypatch.setattr(ble_driver, "reset_adapter", reset)
+    async with radio(tmp_path) as (_, air):
+        runtime, task = await wristband_heard(tmp_path)
+        air.on = False
+        # Restarts after 2, 4, 8 and 16 s of silence: the last three heard nothing at all.
+        await wait(lambda: resets, "a reset", timeout_s=90)
+        counters = radio_counters(runtime)
+        await stop(runtime, task)
+    assert resets == [("hci0", "00:01:02:03:04:05", True)]
+    assert counters["scanner_restarts"] == 4
+    assert counters["adapter_resets"] == 1
+
+
+async def test_a_reset_that_cannot_be_done_is_counted_and_the_watchdog_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The real bluetooth-auto-recovery on a machine without the adapter's kernel device (as
+    on a gateway whose unit lacks CAP_NET_ADMIN): the attempt fails, is counted and logged,
+    and the scanner is still retried; when the adapter is powered on again, all is well."""
+    async with radio(tmp_path) as (bluez, air):
+        runtime, task = await wristband_heard(tmp_path)
+        air.on = False
+        await bluez.power(on=False)
+        await wait(
+            lambda: radio_counters(runtime).get("adapter_reset_failed"),
+            "a failed reset",
+            timeout_s=90,
+        )
+        failed_starts = radio_counters(runtime)["scanner_adapter_off"]
+        await wait(
+            lambda: radio_counters(runtime)["scanner_adapter_off"] > failed_starts,
+            "the scanner retried after it",
+            timeout_s=60,
+        )
+        await bluez.power(on=True)
+        air.on = True
+        await wait(lambda: bus_state(runtime) == "up", "the adapter back", timeout_s=90)
+        counters = radio_counters(runtime)
+        await stop(runtime, task)
+    assert counters["adapter_reset_failed"] == 1  # once within the hold-off
+    assert "adapter_resets" not in counters
+    assert events(buffer_records(tmp_path / "buffer.db"), "wrist-101", "tag.away") == []
 
 
 async def test_in_progress_at_start_is_retried_without_an_outage(tmp_path: Path) -> None:

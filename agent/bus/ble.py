@@ -27,6 +27,7 @@ class BleAdapter(BusHandle):
         self.mode = config.ble.mode
         self.silent_s = config.ble.silent_s
         self.simulate = config.ble.simulate
+        self.reset = config.ble.reset and not config.ble.simulate
         super().__init__(config, slots=1, on_link=on_link)
 
     @property

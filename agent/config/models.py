@@ -213,6 +213,10 @@ class BleBus(StrictModel):
     silent_s: Annotated[float, Field(ge=2, le=3600)] = 120.0
     """A scanner that hears no advert at all for this long is restarted (then less often while
     the air stays quiet)."""
+    reset: bool = True
+    """As a last resort, reset an adapter that failed to start 3 times in a row or stayed silent
+    through 3 scanner restarts (rfkill unblock, power cycle, USB reset), at most every 10 min.
+    Needs CAP_NET_ADMIN (see drivers/ble/README.md); without it the attempt is only counted."""
     simulate: bool = False
     """No radio: the enrolled tags are played from a script (drivers/ble/simulated.py), for the
     demo and trials. A gateway in service leaves it off."""

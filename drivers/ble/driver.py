@@ -14,6 +14,10 @@ Health is the core's bus state of the adapter:
   restart leaves bleak's D-Bus objects dead without an error). Each restart restarts every
   tag's silence, so an outage is not taken for the tags leaving; while the air stays quiet the
   restarts come at doubling intervals, so a tag that really left is still declared away.
+- The last resort, for an adapter that failed to start :data:`_RESET_AFTER` times in a row or
+  stayed silent through as many restarts: ``bluetooth-auto-recovery`` resets it (rfkill
+  unblock, power cycle, USB reset), as Home Assistant does, at most every
+  :data:`_RESET_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from agent.bus import BleAdapter
 from agent.driver import DeviceError, DriverContext
 from agent.driver.keys import KeyFileError, read_key
 from agent.records import Event, Reading, Record, Severity
+from drivers.ble.adapter import adapter_address, reset_adapter
 from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_vendors
 from drivers.ble.presence import Happening, TagTracker
 
@@ -49,6 +54,9 @@ _RETRY_FIRST_S: Final = 1.0
 _RETRY_MAX_S: Final = 30.0
 _IN_PROGRESS_TRIES: Final = 3
 """``InProgress`` answers retried quietly before the scanner counts as down."""
+_RESET_AFTER: Final = 3
+"""Failed starts in a row, or silent restarts in a row, before the adapter itself is reset."""
+_RESET_EVERY_S: Final = 600.0
 
 
 @dataclass(slots=True)
@@ -106,6 +114,10 @@ class BleDriver:
         self._healthy = False
         """The scanner runs: away decisions are allowed."""
         self._starts = 0
+        self._silent_restarts = 0
+        self._address: str | None = None
+        """The adapter's own MAC, by which a reset finds it (its hciN name can change)."""
+        self._next_reset = 0.0
         self._identify = TagDecoder()
         """Reads the beacon identity of adverts from addresses no tag is enrolled by."""
         self._stopping = asyncio.Event()
@@ -135,8 +147,11 @@ class BleDriver:
                 if sweeper.done():
                     sweeper.result()  # the sweep failed: let the core restart the driver
                 try:
-                    await self._scan_once()
+                    deaf = await self._scan_once()
                     failures = 0
+                    self._silent_restarts = self._silent_restarts + 1 if deaf else 0
+                    if self._silent_restarts >= _RESET_AFTER:
+                        await self._last_resort(gone_silent=True)
                 except _ScannerError as failed:
                     if failed.reason == "in_progress" and failures < _IN_PROGRESS_TRIES:
                         # Another discovery session is starting: a moment, not an outage.
@@ -145,6 +160,8 @@ class BleDriver:
                     else:
                         self._unhealthy(failed.reason, failed.detail)
                         wait = delay(failures, first_s=_RETRY_FIRST_S, cap_s=_RETRY_MAX_S)
+                        if failures + 1 >= _RESET_AFTER and failed.reason != "bluez_gone":
+                            await self._last_resort(gone_silent=False)
                     failures += 1
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), wait)
@@ -156,9 +173,32 @@ class BleDriver:
     async def stop(self) -> None:
         self._stopping.set()
 
-    async def _scan_once(self) -> None:
-        """Start a fresh scanner and keep it until it fails, or until it hears nothing for the
-        quiet limit (the bus's ``silent_s``, doubling while nothing is heard)."""
+    async def _last_resort(self, *, gone_silent: bool) -> None:
+        """Reset the adapter (at most every :data:`_RESET_EVERY_S`), counted on the bus as
+        ``adapter_resets`` or ``adapter_reset_failed``."""
+        now = time.monotonic()
+        if not self.bus.reset or now < self._next_reset:
+            return
+        self._next_reset = now + _RESET_EVERY_S
+        self._silent_restarts = 0
+        address = self._address or await adapter_address(self.bus.adapter)
+        ok, why = False, "the adapter's address is unknown (BlueZ does not list it)"
+        if address is not None:
+            ok, why = await reset_adapter(self.bus.adapter, address, gone_silent=gone_silent)
+        self.bus.note("adapter_resets" if ok else "adapter_reset_failed")
+        self.ctx.log.warning(
+            "ble.adapter_reset",
+            adapter=self.bus.adapter,
+            address=address,
+            gone_silent=gone_silent,
+            ok=ok,
+            error=None if ok else why,
+        )
+
+    async def _scan_once(self) -> bool:
+        """Start a fresh scanner and keep it until it fails (raises), until the agent stops, or
+        until it hears nothing for the quiet limit (the bus's ``silent_s``, doubling while
+        nothing is heard). True when it heard nothing at all."""
         from bleak import BleakScanner  # noqa: PLC0415
         from bleak.exc import BleakDBusError, BleakError  # noqa: PLC0415
 
@@ -188,6 +228,8 @@ class BleDriver:
         self._healthy = True
         self.bus.link_up()
         self.ctx.log.info("ble.scanning", adapter=self.bus.adapter, mode=self.bus.mode)
+        if self.bus.reset and self._address is None:
+            self._address = await adapter_address(self.bus.adapter)
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -200,7 +242,8 @@ class BleDriver:
                     self.bus.note("scanner_restarts")
                     self.ctx.log.info("ble.scanner_silent", seconds=round(now - heard))
                     self._quiet = min(_QUIET_MAX_S, self._quiet * 2)
-                    return
+                    return self.last_advert is None or self.last_advert <= started
+            return False
         finally:
             with contextlib.suppress(BleakError, OSError, EOFError, asyncio.TimeoutError):
                 await asyncio.wait_for(scanner.stop(), 10)
