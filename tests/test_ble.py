@@ -373,6 +373,72 @@ async def test_a_tag_whose_key_cannot_be_read_is_down_and_nothing_it_sends_count
     assert [r for r in records if r["device"] == "wrist-101" and r["kind"] != "status"] == []
 
 
+IRK = "ec0234a357c8ad05341010a60a397d9b"  # the Bluetooth Core spec's sample key (Vol 3 H D.7)
+
+
+def private_address(irk: str, prand: bytes) -> str:
+    """A resolvable private address of the key ``irk``: prand (top bits 01) + ah(irk, prand),
+    the low 3 bytes of AES-128(irk, 13 zero bytes + prand)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    encryptor = Cipher(algorithms.AES(bytes.fromhex(irk)), modes.ECB()).encryptor()  # noqa: S305
+    hashed = (encryptor.update(bytes(13) + prand) + encryptor.finalize())[13:]
+    return ":".join(f"{b:02X}" for b in prand + hashed)
+
+
+def test_a_private_address_is_made_as_the_core_spec_says() -> None:
+    from drivers.ble.simulated import private_address_hash
+
+    assert private_address(IRK, bytes.fromhex("708194")) == "70:81:94:0D:FB:AA"
+    assert private_address_hash(bytes.fromhex(IRK), bytes.fromhex("708194")).hex() == "0dfbaa"
+
+
+async def test_a_tag_enrolled_by_its_irk_is_known_through_its_address_rotating(
+    tmp_path: Path,
+) -> None:
+    """A wristband that rotates its resolvable private address and sends no beacon identity:
+    each new address resolves to it with its key; another key's addresses are strangers."""
+    key = tmp_path / "wrist.irk"
+    key.write_text(IRK + "\n")
+    key.chmod(0o600)
+    first, second = (private_address(IRK, p) for p in (b"\x4a\x01\x02", b"\x5b\x03\x04"))
+    other = private_address("00" * 15 + "01", b"\x41\x05\x06")
+    config = tags_config(tmp_path, mac=None, irk_file=str(key))
+    async with radio(tmp_path) as (bluez, air):
+        for address in (first, second, other):
+            await bluez.add_device(address)
+        del air.adverts[WRIST]
+        air.adverts[first] = {"service_data": bthome(1)}
+        air.adverts[other] = {"service_data": bthome(1, press=True)}
+        runtime = Runtime(load_config(config), clock=Clock("always"))
+        task = await run_until(
+            runtime, lambda: adverts(runtime, "wrist-101") >= 3, what="the first address heard"
+        )
+        del air.adverts[first]  # the tag rotates its address
+        air.adverts[second] = {"service_data": bthome(2, press=True)}
+        seen = adverts(runtime, "wrist-101")
+        await wait(lambda: adverts(runtime, "wrist-101") >= seen + 5, "the second address heard")
+        await stop(runtime, task)
+    records = buffer_records(tmp_path / "buffer.db")
+    assert len(events(records, "wrist-101", "tag.present")) == 1
+    assert events(records, "wrist-101", "tag.away") == []
+    assert len(events(records, "wrist-101", "tag.sos")) == 1  # the press from its new address
+    assert not [r for r in records if other in str(r)]
+
+
+async def test_a_tag_whose_irk_cannot_be_read_is_down(tmp_path: Path) -> None:
+    config = tags_config(tmp_path, mac=None, irk_file=str(tmp_path / "missing.irk"))
+    async with radio(tmp_path):
+        runtime = Runtime(load_config(config), clock=Clock("always"))
+        task = await run_until(
+            runtime, lambda: adverts(runtime, "wheelchair-7") >= 3, what="the beacon heard"
+        )
+        state = runtime.state.devices["wrist-101"]
+        await stop(runtime, task)
+    assert state.health is Health.DOWN
+    assert "key_unreadable" in (state.last_error or "")
+
+
 async def test_scan_ble_lists_what_is_heard_through_the_running_agent(tmp_path: Path) -> None:
     """The installer's list, from a real agent process that is scanning the same adapter."""
     async with radio(tmp_path):
@@ -413,7 +479,8 @@ def tag(**keys: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({}, "enrol the tag by exactly one of 'mac', 'ibeacon' or 'eddystone'"),
+        ({}, "enrol the tag by exactly one of 'mac', 'ibeacon', 'eddystone' or 'irk_file'"),
+        ({"mac": WRIST, "irk_file": "/etc/edge-agent/keys/t1.irk"}, "(got mac and irk_file)"),
         (
             {"mac": WRIST, "ibeacon": {"uuid": UUID, "major": 1, "minor": 2}},
             "(got mac and ibeacon)",

@@ -3,7 +3,10 @@
 A tag is enrolled by exactly one of:
 - ``mac``: its public or static address (``C0:12:34:56:78:9A``);
 - ``ibeacon: {uuid, major, minor}``: for tags that rotate their address but send an iBeacon;
-- ``eddystone: {namespace, instance}``: likewise for Eddystone-UID.
+- ``eddystone: {namespace, instance}``: likewise for Eddystone-UID;
+- ``irk_file``: for a tag that rotates its address (a resolvable private address) and sends no
+  beacon identity: a file with its identity resolving key (16 bytes as 32 hex digits, as the
+  tag's app or vendor gives it), by which each new address is resolved to the tag.
 Its ``class`` (wristband, sos_button, key_fob, asset, sensor) sets the presence floor and
 whether a press is an SOS. ``key_file`` holds an encrypted tag's key (BTHome or MiBeacon bind
 key, 16 bytes as 32 hex digits): read at start, never logged, never sent. A ``vendor`` block
@@ -94,6 +97,7 @@ class BleTag(StreamedDeviceConfig):
     mac: Annotated[str, Field(pattern=_MAC)] | None = None
     ibeacon: IBeaconId | None = None
     eddystone: EddystoneId | None = None
+    irk_file: Path | None = None
     tag_class: TagClass = Field("asset", alias="class")
     key_file: Path | None = None
     vendor: VendorSpec | None = None
@@ -115,19 +119,24 @@ class BleTag(StreamedDeviceConfig):
 
     @model_validator(mode="after")
     def _one_identity(self) -> BleTag:
-        given = [k for k in ("mac", "ibeacon", "eddystone") if getattr(self, k) is not None]
+        given = [
+            k for k in ("mac", "ibeacon", "eddystone", "irk_file") if getattr(self, k) is not None
+        ]
         if len(given) != 1:
             raise ValueError(
-                "enrol the tag by exactly one of 'mac', 'ibeacon' or 'eddystone'"
+                "enrol the tag by exactly one of 'mac', 'ibeacon', 'eddystone' or 'irk_file'"
                 + (f" (got {' and '.join(given)})" if given else "")
             )
         return self
 
     @property
     def identity(self) -> str:
-        """What the tag is recognised by: ``mac:…``, ``ibeacon:…`` or ``eddystone:…``."""
+        """What the tag is recognised by: ``mac:…``, ``ibeacon:…``, ``eddystone:…`` or
+        ``irk:<key file>`` (the key itself is never part of it)."""
         if self.ibeacon is not None:
             return ibeacon_identity(self.ibeacon.uuid, self.ibeacon.major, self.ibeacon.minor)
         if self.eddystone is not None:
             return eddystone_identity(self.eddystone.namespace, self.eddystone.instance)
+        if self.irk_file is not None:
+            return f"irk:{self.irk_file}"
         return f"mac:{self.mac}"

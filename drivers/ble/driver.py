@@ -39,8 +39,11 @@ from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_
 from drivers.ble.presence import Happening, TagTracker
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bleak.backends.device import BLEDevice
     from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
     from drivers.ble.config import BleTag
 
@@ -57,6 +60,8 @@ _IN_PROGRESS_TRIES: Final = 3
 _RESET_AFTER: Final = 3
 """Failed starts in a row, or silent restarts in a row, before the adapter itself is reset."""
 _RESET_EVERY_S: Final = 600.0
+_RESOLVED_MAX: Final = 4096
+"""Private addresses remembered (resolved or not) before the memory is cleared."""
 
 
 @dataclass(slots=True)
@@ -82,9 +87,13 @@ class BleDriver:
         self.tags: dict[str, _Tag] = {}
         self._by_mac: dict[str, _Tag] = {}
         self._by_beacon: dict[str, _Tag] = {}
+        self._by_irk: list[tuple[Cipher[modes.ECB], _Tag]] = []
+        self._resolved: dict[str, _Tag | None] = {}
+        """Private addresses resolved so far: to their tag, or None when no key resolves it."""
         for device in ctx.devices:
             config = cast("BleTag", device)
-            key = self._key(config)
+            key = self._key(config, config.key_file)
+            irk = self._key(config, config.irk_file)
             tag = _Tag(
                 config,
                 TagDecoder(
@@ -99,11 +108,17 @@ class BleDriver:
                     rssi_every_s=config.rssi_every_s,
                     tx_power_1m=config.tx_power_1m,
                 ),
-                locked=config.key_file is not None and key is None,
+                locked=(config.key_file is not None and key is None)
+                or (config.irk_file is not None and irk is None),
             )
             self.tags[config.id] = tag
             if config.mac is not None:
                 self._by_mac[config.mac] = tag
+            elif config.irk_file is not None:
+                if irk is not None:
+                    from bluetooth_data_tools import get_cipher_for_irk  # noqa: PLC0415
+
+                    self._by_irk.append((get_cipher_for_irk(irk), tag))
             else:
                 self._by_beacon[config.identity] = tag
         self.counters = ctx.counters
@@ -127,11 +142,11 @@ class BleDriver:
 
             self._backend = scanner_backend(self.bus.id, [t.config for t in self.tags.values()])
 
-    def _key(self, config: BleTag) -> bytes | None:
-        if config.key_file is None:
+    def _key(self, config: BleTag, path: Path | None) -> bytes | None:
+        if path is None:
             return None
         try:
-            return read_key(config.key_file)
+            return read_key(path)
         except KeyFileError as exc:
             self.ctx.health.down(config.id, "key_unreadable", str(exc))
             return None
@@ -271,6 +286,8 @@ class BleDriver:
         advert = Advert.of(device, data, now)
         address = advert.address
         tag = self._by_mac.get(address)
+        if tag is None and self._by_irk:
+            tag = self._resolve(address)
         try:
             if tag is not None:
                 self._take(tag, advert)
@@ -288,6 +305,21 @@ class BleDriver:
         except Exception:  # a callback from D-Bus must not raise
             self.bus.note("decode_crash")
             self.ctx.log.exception("ble.decode_crash", address=address)
+
+    def _resolve(self, address: str) -> _Tag | None:
+        """The tag whose identity resolving key resolves the private address ``address``: one
+        AES block per enrolled key for each address first heard, then remembered."""
+        if address in self._resolved:
+            return self._resolved[address]
+        found = None
+        if int(address[:2], 16) & 0xC0 == 0x40:  # a resolvable private address
+            from bluetooth_data_tools import resolve_private_address  # noqa: PLC0415
+
+            found = next((t for c, t in self._by_irk if resolve_private_address(c, address)), None)
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved.clear()  # phones rotate too: the memory stays bounded
+        self._resolved[address] = found
+        return found
 
     def _take(self, tag: _Tag, advert: Advert) -> None:
         if tag.locked:

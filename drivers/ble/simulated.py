@@ -7,7 +7,8 @@ the watchdog. A bus with ``ble: {simulate: true}`` uses it; no adapter, BlueZ or
 Each tag sends what a real one of its enrolment and class sends, on one clock that starts with
 the first scanner (a restarted scanner does not restart the script):
 - payload: an iBeacon or Eddystone-UID frame for tags enrolled by a beacon identity (from a
-  random address that rotates every 15 min, as such tags do); the ``vendor:`` layout for tags
+  random address that rotates every 15 min, as such tags do; a tag enrolled by ``irk_file``
+  rotates a resolvable private address made from its key); the ``vendor:`` layout for tags
   that have one; BTHome v2 in clear for the rest (so a tag with a ``key_file`` is refused, as a
   real plain advert from a keyed tag would be);
 - a ``wristband`` advertises every 2 s, and its wearer walks out of range for 90 s in every
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from agent.driver.keys import KeyFileError, read_key
 from drivers.ble.decode import APPLE, BTHOME, EDDYSTONE
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
     from drivers.ble.config import BleTag
 
-__all__ = ["registered", "scanner_backend"]
+__all__ = ["private_address_hash", "registered", "scanner_backend"]
 
 _AWAY_EVERY_S: Final = 360.0
 _AWAY_FROM_S: Final = 120.0
@@ -74,13 +76,18 @@ class _Player:
     packet: int = 0
     last: bytes = b""
     name: str = field(default="")
+    irk: bytes | None = None
 
     @classmethod
     def of(cls, tag: BleTag) -> _Player:
         seed = int.from_bytes(hashlib.sha256(tag.id.encode()).digest()[:8], "big")
         rng = random.Random(seed)
         start = 18.0 if tag.tag_class == "sos_button" else 60.0 + rng.random() * 35
-        return cls(tag, rng, start, name=f"SIM-{tag.tag_class.upper()}")
+        irk = None
+        if tag.irk_file is not None:
+            with contextlib.suppress(KeyFileError):  # the driver reports an unreadable key
+                irk = read_key(tag.irk_file)
+        return cls(tag, rng, start, name=f"SIM-{tag.tag_class.upper()}", irk=irk)
 
     def silent(self, t: float) -> bool:
         return self.tag.tag_class == "wristband" and (
@@ -99,10 +106,12 @@ class _Player:
     def address(self, t: float) -> str:
         if self.tag.mac is not None:
             return self.tag.mac
-        # A resolvable private address (top bits 01) that rotates, as a beacon's does.
+        # A resolvable private address (top bits 01) that rotates, as a beacon's does: made
+        # from the tag's identity resolving key when it is enrolled by one.
         digest = hashlib.sha256(f"{self.tag.id}:{int(t // _ROTATE_S)}".encode()).digest()
-        first = (digest[0] & 0x3F) | 0x40
-        return ":".join(f"{b:02X}" for b in (first, *digest[1:6]))
+        prand = bytes(((digest[0] & 0x3F) | 0x40, digest[1], digest[2]))
+        rest = private_address_hash(self.irk, prand) if self.irk is not None else digest[3:6]
+        return ":".join(f"{b:02X}" for b in prand + rest)
 
     def rssi(self, t: float) -> int:
         if self.tag.tag_class == "wristband":  # its wearer walks about the room
@@ -177,6 +186,15 @@ class _Player:
             rssi=self.rssi(t),
             platform_data=(),
         )
+
+
+def private_address_hash(irk: bytes, prand: bytes) -> bytes:
+    """The hash half of a resolvable private address: ah(IRK, prand), the low 3 bytes of
+    AES-128(IRK, 13 zero bytes + prand) (Bluetooth Core, Vol 3, Part H, 2.2.2)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
+    encryptor = Cipher(algorithms.AES(irk), modes.ECB()).encryptor()  # noqa: S305 - one block
+    return (encryptor.update(bytes(13) + prand) + encryptor.finalize())[13:]
 
 
 _AIRS: Final[dict[str, type[BaseBleakScanner]]] = {}

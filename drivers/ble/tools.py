@@ -39,7 +39,13 @@ class _Heard:
 
     def shown(self) -> dict[str, Any]:
         beacon = sorted(self.identities)
-        enrol = f"ibeacon/eddystone: {beacon[0]}" if beacon else f"mac: {self.address}"
+        if beacon:
+            enrol = f"ibeacon/eddystone: {beacon[0]}"
+        elif int(self.address[:2], 16) & 0xC0 == 0x40:
+            # A resolvable private address: it rotates, so enrolling it by mac would not last.
+            enrol = "irk_file: its identity resolving key (the address rotates)"
+        else:
+            enrol = f"mac: {self.address}"
         return {
             "address": self.address,
             "name": self.name,
