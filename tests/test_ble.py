@@ -31,7 +31,7 @@ from agent.config.loader import load_config
 from agent.driver import Health
 from agent.runtime import Runtime
 from drivers.ble import driver as ble_driver
-from drivers.ble.decode import APPLE, BTHOME
+from drivers.ble.decode import APPLE, BTHOME, is_resolvable_private
 
 pytestmark = pytest.mark.slow
 
@@ -391,6 +391,9 @@ def test_a_private_address_is_made_as_the_core_spec_says() -> None:
 
     assert private_address(IRK, bytes.fromhex("708194")) == "70:81:94:0D:FB:AA"
     assert private_address_hash(bytes.fromhex(IRK), bytes.fromhex("708194")).hex() == "0dfbaa"
+    assert is_resolvable_private("70:81:94:0D:FB:AA")
+    assert not is_resolvable_private(STRANGER)  # a static random address: top bits 11
+    assert not is_resolvable_private("zz:00:00:00:00:00")
 
 
 async def test_a_tag_enrolled_by_its_irk_is_known_through_its_address_rotating(

@@ -39,6 +39,7 @@ __all__ = [
     "eddystone",
     "eddystone_identity",
     "ibeacon_identity",
+    "is_resolvable_private",
     "load_ibeacon_vendors",
     "service_uuid",
 ]
@@ -127,6 +128,15 @@ class Decoded:
 def ibeacon_identity(uuid_: uuid.UUID | str, major: int, minor: int) -> str:
     """The enrolment key of an iBeacon: ``ibeacon:<uuid>:<major>:<minor>``."""
     return f"ibeacon:{uuid.UUID(str(uuid_))}:{major}:{minor}"
+
+
+def is_resolvable_private(address: str) -> bool:
+    """Whether ``address`` (``4A:55:…``) is a resolvable private address (its top bits 01): one
+    that rotates, and that only the tag's identity resolving key tells apart."""
+    try:
+        return int(address[:2], 16) & 0xC0 == 0x40
+    except ValueError:
+        return False
 
 
 def eddystone_identity(namespace: bytes | str, instance: bytes | str) -> str:

@@ -35,7 +35,13 @@ from agent.driver import DeviceError, DriverContext
 from agent.driver.keys import KeyFileError, read_key
 from agent.records import Event, Reading, Record, Severity
 from drivers.ble.adapter import adapter_address, reset_adapter
-from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_vendors
+from drivers.ble.decode import (
+    Advert,
+    BleDecodeError,
+    TagDecoder,
+    is_resolvable_private,
+    load_ibeacon_vendors,
+)
 from drivers.ble.presence import Happening, TagTracker
 
 if TYPE_CHECKING:
@@ -286,9 +292,9 @@ class BleDriver:
         advert = Advert.of(device, data, now)
         address = advert.address
         tag = self._by_mac.get(address)
-        if tag is None and self._by_irk:
-            tag = self._resolve(address)
         try:
+            if tag is None and self._by_irk:
+                tag = self._resolve(address)
             if tag is not None:
                 self._take(tag, advert)
             elif self._by_beacon and (
@@ -312,7 +318,7 @@ class BleDriver:
         if address in self._resolved:
             return self._resolved[address]
         found = None
-        if int(address[:2], 16) & 0xC0 == 0x40:  # a resolvable private address
+        if is_resolvable_private(address):
             from bluetooth_data_tools import resolve_private_address  # noqa: PLC0415
 
             found = next((t for c, t in self._by_irk if resolve_private_address(c, address)), None)

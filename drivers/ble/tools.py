@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from agent.bus import BleAdapter, BusHandle
 from agent.driver import DeviceError
-from drivers.ble.decode import Advert, BleDecodeError, TagDecoder, load_ibeacon_vendors
+from drivers.ble.decode import (
+    Advert,
+    BleDecodeError,
+    TagDecoder,
+    is_resolvable_private,
+    load_ibeacon_vendors,
+)
 
 if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
@@ -41,8 +47,7 @@ class _Heard:
         beacon = sorted(self.identities)
         if beacon:
             enrol = f"ibeacon/eddystone: {beacon[0]}"
-        elif int(self.address[:2], 16) & 0xC0 == 0x40:
-            # A resolvable private address: it rotates, so enrolling it by mac would not last.
+        elif is_resolvable_private(self.address):  # it rotates: enrolled by mac, soon lost
             enrol = "irk_file: its identity resolving key (the address rotates)"
         else:
             enrol = f"mac: {self.address}"
