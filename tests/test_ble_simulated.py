@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from agent_proc import AgentProcess, buffer_records, write_config
 from peers.modbus_peers import async_wait_until
-from test_ble import adverts
+from test_ble import adverts, events, presence
 from test_bus import run_until, stop
 from test_dlt645 import edge_agent
 
@@ -57,18 +57,6 @@ def demo_radio(tmp_path: Path, **sections: Any) -> Path:
         if tag["id"] == WRIST:
             tag["away_after_s"] = 1.5
     return write_config(tmp_path, tags, buses=[bus], **sections)
-
-
-def presence(runtime: Runtime, device: str) -> object:
-    state = runtime.state.devices.get(device)
-    point = None if state is None else state.points.get("presence")
-    return None if point is None else point.value
-
-
-def events(records: list[dict[str, Any]], device: str, type_: str) -> list[dict[str, Any]]:
-    return [
-        r for r in records if r["kind"] == "event" and r["device"] == device and r["type"] == type_
-    ]
 
 
 @pytest.mark.usefixtures("quick")
