@@ -21,9 +21,23 @@ if TYPE_CHECKING:
 
     from agent.devices import DeviceEntry
 
-__all__ = ["CommandRouter"]
+__all__ = ["AUDIT_TEXT_MAX", "CommandRouter", "audited"]
 
 EventFn = Callable[..., Awaitable[None]]
+
+AUDIT_TEXT_MAX = 512
+"""A result string longer than this (a snapshot's image) is audited by its length only: the
+audit says what was done, it does not carry the payload into the buffer."""
+
+
+def audited(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` as the audit event stores it: long strings replaced by their length."""
+    return {
+        key: f"<{len(value)} characters>"
+        if isinstance(value, str) and len(value) > AUDIT_TEXT_MAX
+        else value
+        for key, value in result.items()
+    }
 
 
 class CommandRouter:
@@ -110,5 +124,7 @@ class CommandRouter:
             )
             raise CommandError("driver_error", f"{type(exc).__name__}: {exc}") from exc
         self.log.info("command.done", **audit)
-        await self._event("agent.command", Severity.INFO, **audit, status="ok", result=dict(result))
+        await self._event(
+            "agent.command", Severity.INFO, **audit, status="ok", result=audited(result)
+        )
         return result

@@ -96,6 +96,13 @@ DRIVERS: dict[str, DriverSpec] = {
             tools=(("scan", "drivers.modbus.tools:scan"), ("read", "drivers.modbus.tools:read")),
         ),
         DriverSpec(
+            "onvif",
+            "drivers.onvif.config:OnvifCamera",
+            "drivers.onvif.driver:OnvifDriver",
+            extra="onvif",
+            cli="drivers.onvif.cli:add_commands",
+        ),
+        DriverSpec(
             "osdp",
             "drivers.osdp.config:OsdpDevice",
             "drivers.osdp.driver:OsdpDriver",

@@ -1,11 +1,16 @@
 """Key files of the driver families (an OSDP reader's secure-channel key, a BLE tag's bind key):
-``size`` bytes written as hex digits, read at start, never logged, never shown, never sent."""
+``size`` bytes written as hex digits, read at start, never logged, never shown, never sent.
+
+A driver's password (a camera's) is a :class:`~agent.config.models.SecretRef`: ``read_secret``
+is re-exported here, so drivers read secrets through their contract, as the uplink does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["KeyFileError", "read_key"]
+from agent.config.secrets import SecretError, read_secret
+
+__all__ = ["KeyFileError", "SecretError", "read_key", "read_secret"]
 
 
 class KeyFileError(ValueError):
