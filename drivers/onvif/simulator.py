@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Final, Literal, Self
+from typing import Final, Literal, Self, cast
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -573,8 +573,7 @@ class _Discovery(asyncio.DatagramProtocol):
         self.probes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         if b"Probe" not in data or self.transport is None:
