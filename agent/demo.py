@@ -1,7 +1,8 @@
 """``edge-agent demo``: the whole product in one command, without hardware.
 
 In one process and one event loop: the reference platform on 127.0.0.1, and the agent running
-``config/demo.yaml`` (simulated meters, a door sensor with events, a flaky meter) with a
+``config/demo.yaml`` (simulated meters, a door sensor with events, a flaky meter), an OSDP
+gate reader, a line of household meters, BLE tags and two ONVIF cameras, with a
 temporary buffer, uploading to that platform with a freshly made key, and taking commands from
 it. It prints where to look and stops cleanly on Ctrl-C.
 """
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,6 +37,11 @@ METER_LINE = "rs485-meters"
 """The demo's line of household meters, simulated on a pty pair."""
 RADIO = "radio"
 """The demo's Bluetooth adapter, simulated (no radio)."""
+CAMERAS: dict[str, tuple[str, float]] = {
+    "cam-gate-north": ("北门 摄像机 (模拟)", 40.0),
+    "cam-b5-garage": ("5号楼 地库入口 摄像机 (模拟)", 75.0),
+}
+"""The demo's ONVIF cameras (drivers/onvif/simulator.py): name, and seconds between motions."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -149,6 +156,23 @@ def _radio() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return bus, [{"driver": "ble", "bus": RADIO, **tag} for tag in tags]
 
 
+def _cameras(ports: dict[str, int], password_file: Path) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": camera,
+            "driver": "onvif",
+            "name": CAMERAS[camera][0],
+            "host": "127.0.0.1",
+            "port": port,
+            "username": "admin",
+            "password": {"file": str(password_file)},
+            "check_every_s": 10,
+            "commands": ["camera.snapshot"],
+        }
+        for camera, port in ports.items()
+    ]
+
+
 def write_demo_config(
     state: Path,
     platform_port: int,
@@ -156,11 +180,15 @@ def write_demo_config(
     web_listen: str,
     password_hash: str,
     lines: dict[str, str] | None = None,
+    cameras: dict[str, int] | None = None,
+    camera_password: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The demo config with the state folder's buffer, key files, the platform's port and a
     one-time technician login for the diagnostic page. ``lines`` maps the demo's serial lines
     (:data:`GATE_LINE`, :data:`METER_LINE`) to ports (one end of a pty pair each): an OSDP gate
-    reader in a secure channel with a fresh key, and a line of household meters."""
+    reader in a secure channel with a fresh key, and a line of household meters. ``cameras``
+    maps the demo's cameras (:data:`CAMERAS`) to their simulators' ports on 127.0.0.1, whose
+    password is ``camera_password`` (written to a 0600 file)."""
     config: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     lines = lines or {}
     if GATE_LINE in lines:
@@ -195,6 +223,10 @@ def write_demo_config(
     radio, tags = _radio()
     config["buses"] = [*config.get("buses", []), radio]
     config["devices"] += tags
+    if cameras:
+        password_file = state / "camera.password"
+        _write_private(password_file, (camera_password or "") + "\n")
+        config["devices"] += _cameras(cameras, password_file)
     gateway_id = config["gateway"]["id"]
     config["buffer"] = {**config.get("buffer", {}), "path": str(state / "buffer.db")}
     config["control"] = {"socket": str(state / "control.sock")}
@@ -225,6 +257,7 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
     from agent.driver.simulation import serve_line  # noqa: PLC0415
     from agent.web import hash_password  # noqa: PLC0415
     from drivers import load_peer  # noqa: PLC0415
+    from drivers.onvif.simulator import CameraSimulator, CameraSpec  # noqa: PLC0415
     from reference_platform import (  # noqa: PLC0415
         build_app,
         load_command_key,
@@ -259,7 +292,27 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
         for fd in pair:
             tty.setraw(fd)
     peers: list[asyncio.Task[None]] = []
+    camera_password = secrets.token_urlsafe(12)
+    cameras = CameraSimulator(
+        [
+            CameraSpec(
+                id=camera,
+                name=camera,
+                serial=f"DS-2CD2143G2-IU2026{i:04d}AAWRG{i:08d}",
+                mac=f"44:19:b6:26:00:{i:02x}",
+                password=camera_password,
+            )
+            for i, camera in enumerate(CAMERAS, start=1)
+        ]
+    )
     try:
+        await cameras.start()
+        for camera, (_, every) in CAMERAS.items():
+            peers.append(
+                asyncio.create_task(
+                    _motions(cameras.cameras[camera].motion, every), name=f"demo-{camera}"
+                )
+            )
         # A one-time password: printed once, never stored in clear, gone with the demo.
         password = secrets.token_urlsafe(9)
         config_path, _ = write_demo_config(
@@ -268,6 +321,8 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
             web_listen=web_listen,
             password_hash=hash_password(password),
             lines={name: os.ttyname(slave) for name, (_, slave) in ptys.items()},
+            cameras=cameras.ports(),
+            camera_password=camera_password,
         )
         config = load_config(config_path)
         for bus in config.buses:
@@ -289,6 +344,7 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
         base = f"http://127.0.0.1:{port}"
         auth = f'-H "Authorization: Bearer {admin_token}"'
         door_command = f"{GATE} door.open seconds=5"
+        snapshot_command = f"{next(iter(CAMERAS))} camera.snapshot"
         exe = _edge_agent()
         page = (
             agent_app.web.urls[0]
@@ -310,6 +366,7 @@ edge-agent demo: simulated devices -> durable buffer -> reference platform
                     -d '{{"device":"{GATE}","action":"door.open","args":{{"seconds":5}}}}'
   its result      curl -s {auth} {base}/v1/gateways/{gateway_id}/commands/<"id" from the answer>
   on site         {exe} command --socket {state / "control.sock"} {door_command}
+  a snapshot      {exe} command --socket {state / "control.sock"} {snapshot_command}
   the buffer      {exe} buffer stats --path {state / "buffer.db"}
 
 Ctrl-C stops the demo cleanly.
@@ -327,7 +384,17 @@ Ctrl-C stops the demo cleanly.
             for fd in pair:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        await cameras.stop()
         await runner.cleanup()
+
+
+async def _motions(motion: Callable[..., None], every_s: float) -> None:
+    """Someone walks past the camera every ``every_s``: motion for 2 s."""
+    while True:
+        await asyncio.sleep(every_s)
+        motion(on=True)
+        await asyncio.sleep(2.0)
+        motion(on=False)
 
 
 def _edge_agent() -> str:

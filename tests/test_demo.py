@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -150,6 +151,34 @@ async def test_demo_delivers_to_the_platform_serves_the_page_and_stops(tmp_path:
         assert [(x["device"], x["severity"]) for x in sos] == [("sos-b5-lobby", "alarm")]
         assert any(x.get("type") == "tag.battery_low" for x in tags)
 
+        # The two simulated ONVIF cameras: both online, a motion start from the first one
+        # (40 s in), and the banner's snapshot command returns a JPEG.
+        def cameras_seen() -> list[dict[str, object]]:
+            r = stored()
+            online = {
+                x["device"] for x in r if x["kind"] == "status" and x.get("state") == "online"
+            }
+            motion = any(
+                x.get("type") == "camera.motion" and x["data"]["state"] == "start" for x in r
+            )
+            return r if motion and online >= {"cam-gate-north", "cam-b5-garage"} else []
+
+        wait_for(cameras_seen, timeout_s=120, what="the demo's cameras at the platform")
+        shot_line = re.search(r"a snapshot\s+(.+)$", banner, re.MULTILINE)
+        assert shot_line is not None
+        shot = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *shot_line.group(1).split()[1:]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shot.returncode == 0, shot.stdout + shot.stderr
+        result = json.loads(shot.stdout)["result"]
+        assert result["content_type"] == "image/jpeg"
+        assert base64.b64decode(result["image_base64"])[:2] == b"\xff\xd8"
+
         async with WebClient(page.rstrip("/")) as client:
             assert (await client.try_login("demo", "wrong password")).status != 303
             await client.login("demo", password)
@@ -211,6 +240,14 @@ def test_the_demo_s_files_with_secrets_or_hashes_are_private(tmp_path: Path) -> 
     from agent.demo import _write_keys, write_demo_config
 
     _write_keys(tmp_path, "gw-demo")
-    config, _ = write_demo_config(tmp_path, 8700, web_listen="127.0.0.1:0", password_hash="x")
-    for path in (config, tmp_path / "uplink.key", tmp_path / "platform-keys.yaml"):
+    config, _ = write_demo_config(
+        tmp_path,
+        8700,
+        web_listen="127.0.0.1:0",
+        password_hash="x",
+        cameras={"cam-gate-north": 8080},
+        camera_password="secret",
+    )
+    camera = tmp_path / "camera.password"
+    for path in (config, tmp_path / "uplink.key", tmp_path / "platform-keys.yaml", camera):
         assert path.stat().st_mode & 0o777 == 0o600, path

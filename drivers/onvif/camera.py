@@ -15,6 +15,7 @@ failures, and the calls the driver and the installer tools make.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import functools
 import hashlib
@@ -77,7 +78,19 @@ class ResponseTooLargeError(aiohttp.ClientPayloadError):
         self.limit = limit
 
 
-def _bounded_response(limit: int) -> type[aiohttp.ClientResponse]:
+class NotXmlError(aiohttp.ClientPayloadError):
+    """A SOAP answer that is not XML at all (a reboot's "503 rebooting", garbage): zeep's
+    forgiving parser would make nothing of it and fail obscurely, so it never gets it."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}: not XML")
+        self.status = status
+
+
+def _bounded_response(limit: int, *, soap: bool = False) -> type[aiohttp.ClientResponse]:
+    """Responses that refuse a body over ``limit`` bytes (and, for ``soap``, one that is not
+    XML)."""
+
     class Bounded(aiohttp.ClientResponse):
         async def read(self) -> bytes:
             if self._body is None:
@@ -94,6 +107,8 @@ def _bounded_response(limit: int) -> type[aiohttp.ClientResponse]:
                         raise ResponseTooLargeError(limit)
                     chunks.append(chunk)
                 self._body = b"".join(chunks)
+                if soap and not self._body.lstrip().startswith(b"<"):
+                    raise NotXmlError(self.status)
             return await super().read()
 
     return Bounded
@@ -147,6 +162,10 @@ def classify(exc: BaseException, timeout_s: float) -> CameraFault:
     for cause in _chain(exc):
         if isinstance(cause, CameraFault):
             return cause
+        if isinstance(cause, NotXmlError):
+            if cause.status >= 300:
+                return CameraFault("http_error", f"HTTP {cause.status}")
+            return CameraFault("bad_xml", f"HTTP {cause.status}: the answer is not XML")
         if isinstance(cause, ResponseTooLargeError):
             return CameraFault("too_large", f"the camera's answer is larger than {cause}")
         if isinstance(cause, zeep.exceptions.DTDForbidden | zeep.exceptions.EntitiesForbidden):
@@ -313,7 +332,7 @@ class CameraLink:
         """Connect: the camera's clock (for WS-Security timestamps), then its service
         addresses (the first authenticated call)."""
         self._session = aiohttp.ClientSession(
-            response_class=_bounded_response(self._limit),
+            response_class=_bounded_response(self._limit, soap=True),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s + self._longest_wait_s + 5),
             connector=aiohttp.TCPConnector(limit=4, ssl=False),
         )
@@ -475,7 +494,8 @@ class CameraLink:
                 if mode == "digest":
                     kwargs["middlewares"] = (aiohttp.DigestAuthMiddleware(user, password),)
                 else:
-                    kwargs["auth"] = aiohttp.BasicAuth(user, password)
+                    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+                    kwargs["headers"] = {"Authorization": f"Basic {token}"}
             try:
                 status, content_type, image = await self._get(uri, kwargs, max_bytes)
             except asyncio.CancelledError:

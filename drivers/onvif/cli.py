@@ -33,7 +33,7 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"{exc} (install community-edge-agent[onvif])", file=sys.stderr)
         return 2
     quiet_logs()
-    address, port = args.to if args.to else (None, None)
+    address, port = args.to or (None, None)
     try:
         result = asyncio.run(discover(args.seconds, address, port))
     except OSError as exc:

@@ -91,9 +91,9 @@ def _validate_snapshot(args: Mapping[str, Any]) -> Mapping[str, Any]:
 class OnvifDriver:
     """One camera."""
 
-    def __init__(self, ctx: DriverContext) -> None:
+    def __init__(self, config: OnvifCamera, ctx: DriverContext) -> None:
         self.ctx = ctx
-        self.config = cast("OnvifCamera", ctx.device)
+        self.config = config
         self.id = self.config.id
         self.counters: collections.Counter[str] = ctx.counters.get(self.id, collections.Counter())
         self.inventory: dict[str, str] = {}

@@ -163,6 +163,8 @@ class SimulatedCamera:
         self.clock_offset_s = spec.clock_offset_s
         self.time_mode: str = spec.time_mode
         self.snapshot_auth: str = spec.snapshot_auth
+        self.image = SNAPSHOT
+        """What a snapshot returns."""
         self.stats: collections.Counter[str] = collections.Counter()
         """Calls per operation (``snapshot`` for the image), and ``auth_refused``."""
         self.subscriptions: dict[str, _Subscription] = {}
@@ -218,12 +220,14 @@ class SimulatedCamera:
         self._queue(topic, tuple(source.items()), tuple(data.items()), "Changed")
 
     def reboot(self, down_s: float = 2.0) -> None:
-        """Answer 503 for ``down_s`` and forget every subscription and alarm state."""
+        """Answer 503 for ``down_s``, forget every subscription, and come back with every alarm
+        off (its properties then say ``false`` when Initialized, as a camera's do)."""
         self._down_until = time.monotonic() + down_s
         for sub in self.subscriptions.values():
             sub.ready.set()
         self.subscriptions.clear()
-        self._properties.clear()
+        for prop in self._properties.values():
+            prop.data = tuple((name, "false") for name, _ in prop.data)
         self.boots += 1
 
     def set_clock_offset(self, seconds: float) -> None:
@@ -526,11 +530,11 @@ class SimulatedCamera:
             expected = base64.b64encode(f"{self.spec.username}:{self.password}".encode()).decode()
             if secrets.compare_digest(header, f"Basic {expected}"):
                 self.stats["snapshot"] += 1
-                return web.Response(body=SNAPSHOT, content_type="image/jpeg")
+                return web.Response(body=self.image, content_type="image/jpeg")
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="IP Camera"'})
         if self._digest_ok(header, request.method):
             self.stats["snapshot"] += 1
-            return web.Response(body=SNAPSHOT, content_type="image/jpeg")
+            return web.Response(body=self.image, content_type="image/jpeg")
         nonce = secrets.token_hex(16)
         self._nonces.add(nonce)
         return web.Response(

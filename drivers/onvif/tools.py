@@ -34,7 +34,7 @@ def camera_scopes(scopes: Sequence[str]) -> dict[str, str]:
             found["name"] = value
         elif key == "hardware":
             found["hardware"] = value
-        elif key == "MAC" or key == "mac":
+        elif key in {"MAC", "mac"}:
             digits = value.replace(":", "").replace("-", "").upper()
             if len(digits) == 12:
                 found["mac"] = ":".join(digits[i : i + 2] for i in range(0, 12, 2))
@@ -62,7 +62,7 @@ def _probe(seconds: float, address: str | None, port: int | None) -> list[dict[s
             # section 5.3: a ProbeMatch goes back to the probe's sender).
             thread = NetworkingThreadIPv4(self)
             thread.start()
-            thread._selector.register(thread._uniOutSocket, selectors.EVENT_READ)  # noqa: SLF001
+            thread._selector.register(thread._uniOutSocket, selectors.EVENT_READ)
             self._networkingThread_v4 = thread
             self._addrsMonitorThread_v4 = AddressMonitorThread(self, socket.AF_INET)
             self._addrsMonitorThread_v4.start()
