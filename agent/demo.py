@@ -256,8 +256,7 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
     from agent.config.loader import load_config  # noqa: PLC0415
     from agent.driver.simulation import serve_line  # noqa: PLC0415
     from agent.web import hash_password  # noqa: PLC0415
-    from drivers import load_peer  # noqa: PLC0415
-    from drivers.onvif.simulator import CameraSimulator, CameraSpec  # noqa: PLC0415
+    from drivers import load_peer, load_simulator  # noqa: PLC0415
     from reference_platform import (  # noqa: PLC0415
         build_app,
         load_command_key,
@@ -293,18 +292,8 @@ async def _demo(state: Path, platform_port: int, web_listen: str, out: TextIO) -
             tty.setraw(fd)
     peers: list[asyncio.Task[None]] = []
     camera_password = secrets.token_urlsafe(12)
-    cameras = CameraSimulator(
-        [
-            CameraSpec(
-                id=camera,
-                name=camera,
-                serial=f"DS-2CD2143G2-IU2026{i:04d}AAWRG{i:08d}",
-                mac=f"44:19:b6:26:00:{i:02x}",
-                password=camera_password,
-            )
-            for i, camera in enumerate(CAMERAS, start=1)
-        ]
-    )
+    simulator = load_simulator("onvif")
+    cameras = simulator.from_ids(list(CAMERAS), camera_password)
     try:
         await cameras.start()
         for camera, (_, every) in CAMERAS.items():

@@ -27,6 +27,7 @@ __all__ = [
     "driver_class",
     "load_cli",
     "load_peer",
+    "load_simulator",
 ]
 
 Scope = Literal["device", "bus"]
@@ -55,6 +56,9 @@ class DriverSpec:
     :class:`agent.driver.simulation.LineDevice`. The demo puts one behind each of its devices
     on its pty lines, every device of a line on one end (:func:`agent.driver.simulation.
     serve_line`), whatever their families."""
+    simulator: str | None = None
+    """``module:Class``: simulated network devices of the family (cameras on 127.0.0.1), for
+    the demo and the benchmarks; its constructor takes the devices' specs."""
 
 
 DRIVERS: dict[str, DriverSpec] = {
@@ -101,6 +105,7 @@ DRIVERS: dict[str, DriverSpec] = {
             "drivers.onvif.driver:OnvifDriver",
             extra="onvif",
             cli="drivers.onvif.cli:add_commands",
+            simulator="drivers.onvif.simulator:CameraSimulator",
         ),
         DriverSpec(
             "osdp",
@@ -175,3 +180,11 @@ def load_peer(name: str) -> Callable[[DeviceConfig], LineDevice] | None:
         return None
     peer: Callable[[DeviceConfig], LineDevice] = _load(ref)
     return peer
+
+
+def load_simulator(name: str) -> Any:
+    """The family's network simulator class (:attr:`DriverSpec.simulator`); KeyError if none."""
+    ref = DRIVERS[name].simulator
+    if ref is None:
+        raise KeyError(f"driver {name!r} has no simulator")
+    return _load(ref)

@@ -353,7 +353,7 @@ def test_bus_and_command_checks(tmp_path: Path) -> None:
         f"{main}:11:55: devices[3].commands[0]: driver 'fakenobus' accepts no commands",
         (
             f"{main}:12:22: devices[4].driver: unknown driver 'fakenobs' "
-            "(known: ble, cjt188, dlt645, fakenobus, fakeserial, modbus, osdp, simulated; "
+            "(known: ble, cjt188, dlt645, fakenobus, fakeserial, modbus, onvif, osdp, simulated; "
             "did you mean 'fakenobus'?)"
         ),
         (

@@ -552,6 +552,22 @@ class CameraSimulator:
     def __init__(self, specs: Sequence[CameraSpec]) -> None:
         self.cameras = {spec.id: SimulatedCamera(spec) for spec in specs}
 
+    @classmethod
+    def from_ids(cls, ids: Sequence[str], password: str) -> Self:
+        """Distinct cameras (serials, MACs) by id, all with ``password`` (the demo's)."""
+        return cls(
+            [
+                CameraSpec(
+                    id=camera,
+                    name=camera,
+                    serial=f"DS-2CD2143G2-IU2026{i:04d}AAWRG{i:08d}",
+                    mac=f"44:19:b6:26:00:{i:02x}",
+                    password=password,
+                )
+                for i, camera in enumerate(ids, start=1)
+            ]
+        )
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
