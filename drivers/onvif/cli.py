@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from agent.driver.cli import group
@@ -58,14 +56,14 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _password(args: argparse.Namespace) -> str | None:
-    if args.password_file:
-        return Path(args.password_file).read_text(encoding="utf-8").strip()
-    if args.password_env:
-        value = os.environ.get(args.password_env)
-        if value is None:
-            raise ValueError(f"environment variable {args.password_env} is not set")
-        return value.strip()
-    return None
+    """The password from --password-file or --password-env, read as the agent reads a
+    camera's (the same checks and messages)."""
+    if not (args.password_file or args.password_env):
+        return None
+    from agent.config.models import SecretRef  # noqa: PLC0415
+    from agent.driver.keys import read_secret  # noqa: PLC0415
+
+    return read_secret(SecretRef(file=args.password_file, env=args.password_env))
 
 
 def _read(args: argparse.Namespace) -> int:
@@ -77,10 +75,12 @@ def _read(args: argparse.Namespace) -> int:
         print(f"{exc} (install community-edge-agent[onvif])", file=sys.stderr)
         return 2
     quiet_logs()
+    from agent.driver.keys import SecretError  # noqa: PLC0415
+
     try:
         password = _password(args)
-    except (OSError, ValueError) as exc:
-        print(f"the password cannot be read: {getattr(exc, 'strerror', None) or exc}")
+    except SecretError as exc:
+        print(f"the password cannot be read: {exc}", file=sys.stderr)
         return 2
     if (args.user is None) != (password is None):
         print("give --user with --password-file or --password-env, or neither", file=sys.stderr)
