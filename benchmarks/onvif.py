@@ -31,22 +31,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import psutil  # noqa: E402 - after the path set-up
-from agent_proc import buffer_records, write_config  # noqa: E402
+from agent_proc import buffer_records, sim_device, write_config  # noqa: E402
 
 from drivers.onvif.simulator import DEFAULT_PASSWORD, CameraSimulator, specs  # noqa: E402
 
 
 def _agent(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    log = (config.parent / "agent.log").open("wb")
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", str(config)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
-def _rss_mb(process: subprocess.Popen[bytes]) -> float:
+def _alive(process: subprocess.Popen[bytes], config: Path) -> None:
+    """Fail loudly, with the agent's own words, if it has exited: no figures from a dead agent."""
+    if process.poll() is not None:
+        tail = (config.parent / "agent.log").read_text(errors="replace")[-2000:]
+        raise SystemExit(f"the agent exited with {process.returncode}:\n{tail}")
+
+
+def _rss_mb(process: subprocess.Popen[bytes], config: Path) -> float:
+    _alive(process, config)
     return psutil.Process(process.pid).memory_info().rss / 2**20
 
 
@@ -56,11 +66,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 async def _run(cameras: int, seconds: float, settle: float, work: Path) -> dict[str, Any]:
-    base = [{"id": "sim-1", "driver": "simulated", "interval_s": 5}]
+    base = [sim_device("sim-1", interval_s=5)]
     (work / "bare").mkdir()
-    bare = _agent(write_config(work / "bare", base))
+    bare_config = write_config(work / "bare", base)
+    bare = _agent(bare_config)
     await asyncio.sleep(settle)
-    bare_rss = _rss_mb(bare)
+    bare_rss = _rss_mb(bare, bare_config)
     _stop(bare)
     password = work / "camera.password"
     password.write_text(DEFAULT_PASSWORD)
@@ -78,12 +89,14 @@ async def _run(cameras: int, seconds: float, settle: float, work: Path) -> dict[
             for cid, camera in simulator.cameras.items()
         ]
         (work / "cams").mkdir()
-        agent = _agent(write_config(work / "cams", devices))
+        config = write_config(work / "cams", devices)
+        agent = _agent(config)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and any(
                 not c.subscriptions for c in simulator.cameras.values()
             ):
+                _alive(agent, config)
                 await asyncio.sleep(0.2)
             subscribed = sum(1 for c in simulator.cameras.values() if c.subscriptions)
             end = time.monotonic() + seconds
@@ -93,8 +106,8 @@ async def _run(cameras: int, seconds: float, settle: float, work: Path) -> dict[
                     camera.motion(on=rounds % 2 == 0)
                     await asyncio.sleep(1.0 / cameras)  # spread: one camera at a time
                 rounds += 1
-            await asyncio.sleep(2)
-            cams_rss = _rss_mb(agent)
+            await asyncio.sleep(max(2.0, settle - seconds))
+            cams_rss = _rss_mb(agent, config)
         finally:
             _stop(agent)
     records = buffer_records(work / "cams" / "buffer.db")

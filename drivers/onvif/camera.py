@@ -21,6 +21,7 @@ import functools
 import hashlib
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -231,8 +232,23 @@ class Snapshot:
         return hashlib.sha256(self.image).hexdigest()
 
 
+_SETUP_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _setup_lock(name: str) -> asyncio.Lock:
+    """One lock per service name and event loop. ``onvif`` parses a service's WSDL the first
+    time it is needed and caches it only once parsed: 64 cameras connecting at once would each
+    parse (and keep) their own copy, about 4 MB a camera. Behind this lock the first camera
+    parses it and the others find it cached."""
+    locks = _SETUP_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(name.lower(), asyncio.Lock())
+
+
 class _Camera(ONVIFCamera):  # type: ignore[misc]
-    """``ONVIFCamera`` whose services all talk through one bounded session."""
+    """``ONVIFCamera`` whose services all talk through one bounded session, and share their
+    parsed WSDL with every other camera's."""
 
     def __init__(self, session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -245,9 +261,10 @@ class _Camera(ONVIFCamera):  # type: ignore[misc]
         read_timeout: int | None = None,
         write_timeout: int | None = None,
     ) -> ONVIFService:
-        service: ONVIFService = await super().create_onvif_service(
-            name, port_type, read_timeout, write_timeout
-        )
+        async with _setup_lock(name):  # no network: setting a service up is local
+            service: ONVIFService = await super().create_onvif_service(
+                name, port_type, read_timeout, write_timeout
+            )
         transport = service.transport
         if transport.session is not self._bounded:
             # The service's own session is never used; ONVIFService.close() closes it.
