@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import sys
+from types import ModuleType
 from typing import Any
 
 from agent.driver.cli import group
@@ -22,18 +23,27 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _scan(args: argparse.Namespace) -> int:
+def _tools() -> ModuleType | None:
+    """``drivers.onvif.tools`` with the libraries' logs quietened, or ``None`` (and a hint on
+    stderr) when the ``onvif`` extra is not installed."""
     from agent.driver.testing import quiet_logs  # noqa: PLC0415
 
     try:
-        from drivers.onvif.tools import discover  # noqa: PLC0415
+        from drivers.onvif import tools  # noqa: PLC0415
     except ImportError as exc:
         print(f"{exc} (install community-edge-agent[onvif])", file=sys.stderr)
-        return 2
+        return None
     quiet_logs()
+    return tools
+
+
+def _scan(args: argparse.Namespace) -> int:
+    tools = _tools()
+    if tools is None:
+        return 2
     address, port = args.to or (None, None)
     try:
-        result = asyncio.run(discover(args.seconds, address, port))
+        result = asyncio.run(tools.discover(args.seconds, address, port))
     except OSError as exc:
         print(f"cannot probe: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -44,6 +54,14 @@ def _scan(args: argparse.Namespace) -> int:
     if not devices:
         print(f"{result['where']}: no ONVIF camera answered in {result['seconds']:g} s")
         return 1
+    endpoints = [d["endpoint"] for d in devices]
+    shared = sum(1 for e in endpoints if endpoints.count(e) > 1)
+    if shared:
+        print(
+            f"note: {shared} cameras answer with an endpoint id another camera also uses "
+            "(cloned firmware); the agent tells cameras apart by address, so each still works",
+            file=sys.stderr,
+        )
     print(f"{'address':21s} {'MAC':17s} {'hardware':18s} name / location")
     for d in devices:
         where = f"{d['address']}:{d['port']}"
@@ -67,14 +85,9 @@ def _password(args: argparse.Namespace) -> str | None:
 
 
 def _read(args: argparse.Namespace) -> int:
-    from agent.driver.testing import quiet_logs  # noqa: PLC0415
-
-    try:
-        from drivers.onvif.tools import read  # noqa: PLC0415
-    except ImportError as exc:
-        print(f"{exc} (install community-edge-agent[onvif])", file=sys.stderr)
+    tools = _tools()
+    if tools is None:
         return 2
-    quiet_logs()
     from agent.driver.keys import SecretError  # noqa: PLC0415
 
     try:
@@ -86,7 +99,7 @@ def _read(args: argparse.Namespace) -> int:
         print("give --user with --password-file or --password-env, or neither", file=sys.stderr)
         return 2
     result: dict[str, Any] = dict(
-        asyncio.run(read(args.host, args.port, args.user, password, timeout_s=args.timeout))
+        asyncio.run(tools.read(args.host, args.port, args.user, password, timeout_s=args.timeout))
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -52,6 +52,16 @@ def _probe(seconds: float, address: str | None, port: int | None) -> list[dict[s
     from wsdiscovery.threaded import AddressMonitorThread, NetworkingThreadIPv4  # noqa: PLC0415
 
     class Discovery(ThreadedWSDiscovery):  # type: ignore[misc]
+        # WSDiscovery keeps one answer per endpoint id; cheap cameras with cloned firmware
+        # share one, and the installer must still see each. One per id and address here.
+        def _addRemoteService(self, service: Any) -> None:  # noqa: N802
+            key = (service.getEPR(), tuple(str(x) for x in service.getXAddrs()))
+            self._remoteServices[key] = service
+
+        def _removeRemoteService(self, epr: Any) -> None:  # noqa: N802
+            for key in [k for k in self._remoteServices if k[0] == epr]:
+                del self._remoteServices[key]
+
         def _startThreads(self) -> None:  # noqa: N802 - WSDiscovery's name
             if address is None or ":" in address:
                 super()._startThreads()
