@@ -164,6 +164,9 @@ class Runtime:
             return {}
         return {s.action: s.description for s in entry.driver.command_specs()}
 
+    def device_reported(self, device: str) -> Mapping[str, str]:
+        return self._devices.reported().get(device, {})
+
     def can_test_read(self, device: str) -> bool:
         entry = self.devices.get(device)
         return entry is not None and entry.poller is not None

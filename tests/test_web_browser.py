@@ -469,3 +469,75 @@ async def test_doors_show_their_state_on_the_overview(
     await expect(row).to_contain_text("北门")
     await expect(row).to_contain_text("是")  # the link to the reader is encrypted
     await expect(page.locator("#doors-panel")).to_be_visible()
+
+
+async def test_a_camera_snapshot_is_shown_as_the_picture(
+    tmp_path_factory: pytest.TempPathFactory, context: BrowserContext
+) -> None:
+    """The technician checks a camera's view: the snapshot command's image, from the real
+    camera simulator through a real agent, is shown as a picture, not as 4 KB of base64."""
+    import subprocess
+    import sys
+
+    from drivers.onvif.simulator import DEFAULT_PASSWORD, SNAPSHOT
+
+    directory = tmp_path_factory.mktemp("web-camera")
+    ports = directory / "ports.json"
+    argv = ["--cameras", "1", "--ports-file", str(ports), "--motion-every", "3600"]
+    simulator = subprocess.Popen([sys.executable, "-m", "drivers.onvif.simulator", *argv], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ports.exists() and simulator.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        [port] = json.loads(ports.read_text())["cameras"].values()
+        secret = directory / "camera.password"
+        secret.write_text(DEFAULT_PASSWORD + "\n")
+        camera = {
+            "id": "cam-gate",
+            "driver": "onvif",
+            "name": "北门 摄像机",
+            "host": "127.0.0.1",
+            "port": port,
+            "username": "admin",
+            "password": {"file": str(secret)},
+            "commands": ["camera.snapshot"],
+        }
+        proc = AgentProcess(write_config(directory, [camera], web=web_section()))
+        try:
+            url = f"http://127.0.0.1:{proc.wait_event('web.listening')['port']}"
+            proc.wait_event("camera.up", timeout_s=60)
+            page = await login(context, url, "tech", TECH_PASSWORD)
+            await page.goto(url + "/devices/cam-gate")
+            # What the camera told the agent about itself, as the platform's inventory has it.
+            reported = page.locator("#reported")
+            await expect(reported.locator("tr[data-key='mac'] td")).to_have_text(
+                "44:19:B6:00:00:01"
+            )
+            await expect(reported.locator("tr[data-key='manufacturer'] td")).to_have_text(
+                "HIKVISION"
+            )
+            await expect(reported.locator("tr[data-key^='stream_uri.']").first).to_contain_text(
+                "rtsp://127.0.0.1:"
+            )
+            # The camera embeds its login in its RTSP addresses; the agent strips it.
+            assert DEFAULT_PASSWORD not in await page.content()
+            await page.select_option("#cmd-action", "camera.snapshot")
+            await page.click("#cmd-send")
+            result = page.locator("#cmd-result")
+            await expect(result).to_have_attribute("data-ok", "true")
+            image = result.locator("img.snapshot")
+            await expect(image).to_be_visible()
+            await expect(image).to_have_attribute("alt", "cam-gate 的抓拍图片")
+            # The browser decoded the camera's JPEG (320 x 180), within the page's CSP.
+            size = await image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            assert size == [320, 180]
+            text = await result.locator("p").inner_text()
+            assert f"bytes={len(SNAPSHOT)}" in text
+            assert "image_base64" not in text
+            await shot(page, "device-camera-snapshot")
+            no_script_errors(page)
+        finally:
+            assert proc.stop() == 0
+    finally:
+        simulator.terminate()
+        simulator.wait(30)

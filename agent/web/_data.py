@@ -477,6 +477,8 @@ def device_detail(runtime: AgentView, device: DeviceConfig) -> dict[str, Any]:
         "events": events,
         "commands": _commands(runtime, device),
         "can_test_read": runtime.can_test_read(device.id),
+        # What its driver found out (a camera's serial, MAC, stream addresses), sorted.
+        "reported": dict(sorted(runtime.device_reported(device.id).items())),
     }
 
 

@@ -23,6 +23,7 @@ Each camera has its own driver, link and tasks: one camera's slowness never dela
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import datetime as dt
@@ -143,8 +144,6 @@ class OnvifDriver:
             self.counters[f"snapshot_{fault.reason}"] += 1
             raise CommandError(fault.reason, fault.message) from None
         self.counters["snapshots"] += 1
-        import base64  # noqa: PLC0415 - only a snapshot needs it
-
         return {
             "profile": profile,
             "content_type": shot.content_type,

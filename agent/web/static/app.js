@@ -456,6 +456,11 @@
       replaceRows(document.querySelector("#points tbody"), rows);
       document.getElementById("no-points").hidden = rows.length !== 0;
 
+      const reported = Object.entries(data.reported || {}).map(([k, v]) =>
+        el("tr", { "data-key": k }, el("th", { scope: "row", text: k }), el("td", { class: "wrap", text: v })));
+      replaceRows(document.querySelector("#reported tbody"), reported);
+      document.getElementById("reported-panel").hidden = reported.length === 0;
+
       const events = data.events.map((e) => eventRow(e, false));
       replaceRows(document.querySelector("#dev-events tbody"), events);
       document.getElementById("no-dev-events").hidden = events.length !== 0;
@@ -489,6 +494,19 @@
       else box.replaceChildren();
     }
     select.addEventListener("change", () => renderHistory(history));
+
+    // A camera's snapshot comes back as base64: shown as the picture, not as text. Only
+    // raster types and strict base64 go into the data: URL (the CSP allows data: images).
+    function withImage(result) {
+      const b64 = result && result.image_base64;
+      const type = result && result.content_type;
+      if (typeof b64 !== "string" || !/^image\/(jpeg|png|gif|webp)$/.test(type) || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) {
+        return { rest: result, image: null };
+      }
+      const { image_base64: _, ...rest } = result;
+      const image = el("img", { class: "snapshot", src: `data:${type};base64,${b64}`, alt: T("device.snapshot_alt", { id: DEVICE }) });
+      return { rest, image };
+    }
 
     function showResult(box, ok, title, children) {
       box.replaceChildren(el("p", { class: ok ? "good" : "bad", text: title }), ...(children || []));
@@ -561,7 +579,10 @@
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ action, args }),
         });
-        if (r.status === "ok") showResult(box, true, T("device.command_ok", { id: r.id, result: details(r.result) }));
+        if (r.status === "ok") {
+          const { rest, image } = withImage(r.result);
+          showResult(box, true, T("device.command_ok", { id: r.id, result: details(rest) }), image ? [image] : []);
+        }
         else showResult(box, false, T("device.command_failed", { reason: r.reason, error: r.error }));
       } catch (e) {
         showResult(box, false, T("device.request_failed", { error: e.message }));
