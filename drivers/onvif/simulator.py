@@ -425,23 +425,21 @@ class SimulatedCamera:
             self.last_set_time = when
             self.time_mode = self._text(args, "DateTimeType") or "Manual"
             return self._answer(_fill(op))
-        if op == "GetServices":
-            return self._answer(_fill(op, base=base))
-        if op == "GetDeviceInformation":
-            return self._answer(
-                _fill(
-                    op,
-                    manufacturer=spec.manufacturer,
-                    model=spec.model,
-                    firmware=spec.firmware,
-                    serial=spec.serial,
-                    hardware_id=spec.hardware_id,
-                )
-            )
-        if op == "GetNetworkInterfaces":
-            return self._answer(_fill(op, mac=spec.mac, host="127.0.0.1"))
-        if op == "GetProfiles":
-            return self._answer(_fill(op))
+        # The answers that are the recording filled with who the camera is, and no state.
+        identity: dict[str, dict[str, object]] = {
+            "GetServices": {"base": base},
+            "GetDeviceInformation": {
+                "manufacturer": spec.manufacturer,
+                "model": spec.model,
+                "firmware": spec.firmware,
+                "serial": spec.serial,
+                "hardware_id": spec.hardware_id,
+            },
+            "GetNetworkInterfaces": {"mac": spec.mac, "host": "127.0.0.1"},
+            "GetProfiles": {},
+        }
+        if op in identity:
+            return self._answer(_fill(op, **identity[op]))
         if op in ("GetStreamUri", "GetSnapshotUri"):
             profile = self._text(args, "ProfileToken") or "Profile_1"
             channel = "101" if profile == "Profile_1" else "102"
