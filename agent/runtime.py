@@ -278,6 +278,7 @@ class Runtime:
             # Polling and buffering go on: nothing is lost while an installer fixes the key
             # file, and SIGHUP (systemctl reload) tries the uplink again.
             self.state.uplink.last_error = f"misconfigured: {exc}"
+            self.state.uplink.last_error_reason = "misconfigured"
             self.state.uplink.last_error_ms = self.clock.stamp()[0]
             self.log.error("uplink.misconfigured", error=str(exc), hint="fix, then reload")
             await self.event("agent.uplink_misconfigured", Severity.ALARM, error=str(exc))

@@ -186,7 +186,15 @@ class UplinkState:
     connected: bool = False
     last_success_ms: int | None = None
     last_error: str | None = None
+    """For logs and the raw detail on the page; the page shows the reason."""
+    last_error_reason: str | None = None
+    """The last error as a code (:data:`agent.uplink.base.LINK_REASONS`)."""
+    last_error_status: int | None = None
     last_error_ms: int | None = None
+    last_ack_ms: int | None = None
+    """When the platform last acknowledged a batch of records."""
+    sending_since_ms: int | None = None
+    """A batch has been in flight since then; ``None`` when none is."""
     records_sent: int = 0
     bytes_sent: int = 0
     batches_sent: int = 0
@@ -198,6 +206,18 @@ class UplinkState:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def link(self, now_ms: int, stalled_after_s: float) -> str:
+        """``sending`` (a batch in flight), ``stalled`` (in flight for longer than
+        ``stalled_after_s``: a platform that accepted the connection and does not answer),
+        ``disconnected`` (the last attempt failed, or none has been made) or ``connected``.
+        A retry after a failure stays ``disconnected`` until it succeeds."""
+        failed = not self.connected and self.last_error_ms is not None
+        if self.sending_since_ms is not None:
+            if now_ms - self.sending_since_ms > stalled_after_s * 1000:
+                return "stalled"
+            return "disconnected" if failed else "sending"
+        return "connected" if self.connected else "disconnected"
 
 
 @dataclasses.dataclass(slots=True)

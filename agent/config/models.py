@@ -163,6 +163,10 @@ class HttpUplink(StrictModel):
     cert_file: Path | None = None
     key_file: Path | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30
+    stalled_after_s: Annotated[float, Field(gt=0, le=300)] = 10
+    """The page shows the uplink as stalled when a batch has waited this long for its answer
+    (a platform that accepts the connection and hangs); the request itself runs on to
+    ``timeout_s``."""
     batch_max_records: Annotated[int, Field(ge=1, le=50_000)] = 2000
     batch_max_kb: Annotated[int, Field(ge=1, le=65_536)] = 1024
     backoff_cap_s: Annotated[float, Field(gt=0, le=3600)] = 300

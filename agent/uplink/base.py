@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from agent.state import UplinkState
 from buffer import Batch
 
 __all__ = [
+    "LINK_REASONS",
     "REFUSAL_REASONS",
     "CommandExecutor",
     "Kind",
@@ -40,6 +41,28 @@ any other reason is reported as "failed"."""
 
 class UplinkConfigError(ValueError):
     """The uplink cannot start: a TLS file or the command key is missing or invalid."""
+
+
+LINK_REASONS: Final = (
+    "timeout",  # no answer within uplink.http.timeout_s
+    "refused",  # the connection was refused: nothing listens there
+    "unreachable",  # no route to the platform's host
+    "dns",  # the platform's host name does not resolve
+    "tls",  # the TLS handshake or the certificate check failed
+    "network",  # the connection broke in the middle
+    "too_large",  # the platform's answer was too large to read
+    "busy",  # 408, 409, 425, 429: the platform asks to come back later
+    "server_error",  # 5xx
+    "auth",  # 401, 403, 407: the key or the gateway id is wrong
+    "wrong_url",  # 404, 405: no such API at uplink.http.url
+    "redirect",  # 3xx: the URL moved
+    "not_ack",  # 200, but not an acknowledgement of what was sent
+    "refusing_everything",  # every batch refused: stopped setting batches aside
+    "inventory_rejected",  # the platform will not take the inventory; records still go
+    "misconfigured",  # the uplink cannot start: a key or TLS file is missing or invalid
+    "unexpected",  # any other answer
+)
+"""The reason codes of :attr:`Outcome.reason`; the page has a catalog entry for each."""
 
 
 class Kind(enum.Enum):
@@ -66,6 +89,11 @@ class Outcome:
     """The platform asked for this pause (HTTP ``Retry-After``); the backoff waits at least it."""
     body: Mapping[str, object] | None = None
     """The answer's JSON object, when it was one."""
+    reason: str | None = None
+    """What went wrong, as a code the page translates (:data:`LINK_REASONS`); ``None`` when
+    nothing did."""
+    status: int | None = None
+    """The HTTP status, when the platform answered."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import socket
 import ssl
 import time
 import urllib.parse
@@ -51,6 +52,27 @@ ANSWER_MAX_BYTES: Final = 1 << 20
 _SKEW_RESOLUTION_MS: Final = 1500
 """Date has one-second resolution; estimates closer than this to the current one are noise."""
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+def network_reason(exc: BaseException) -> str:
+    """The reason code of a request that got no answer (:data:`LINK_REASONS`): what the page
+    shows instead of the exception's text."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, socket.gaierror):
+            return "dns"
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
+        return "unreachable"
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    return "network"
 
 
 _JSON: Final = {"Content-Type": "application/json"}
@@ -182,7 +204,14 @@ class HttpTransport:
             return Polled(outcome)
         commands = (outcome.body or {}).get("commands")
         if not isinstance(commands, list):
-            return Polled(Outcome(Kind.RETRY, "commands poll answer has no 'commands' array"))
+            return Polled(
+                Outcome(
+                    Kind.RETRY,
+                    "commands poll answer has no 'commands' array",
+                    reason="unexpected",
+                    status=outcome.status,
+                )
+            )
         return Polled(outcome, commands)
 
     async def report_result(self, command_id: str, document: bytes) -> Outcome:
@@ -199,28 +228,32 @@ class HttpTransport:
             return Outcome(
                 Kind.RETRY,
                 f"the platform's answer is larger than {ANSWER_MAX_BYTES} bytes: not read",
+                reason="too_large",
             )
         except _NETWORK_ERRORS as exc:
             if isinstance(exc, TimeoutError):
-                return Outcome(Kind.RETRY, "timed out waiting for the platform")
+                return Outcome(Kind.RETRY, "timed out waiting for the platform", reason="timeout")
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return Outcome(Kind.RETRY, text)
+            return Outcome(Kind.RETRY, text, reason=network_reason(exc))
         return self.classify(resp)
 
     def classify(self, resp: _Response) -> Outcome:
         status = resp.status
         if status in (200, 201, 204):
             doc = resp.json()
-            return Outcome(Kind.ACK, body=doc if isinstance(doc, dict) else None)
+            return Outcome(Kind.ACK, body=doc if isinstance(doc, dict) else None, status=status)
         retry_after = self.retry_after(resp.headers.get("Retry-After"))
         if status in (408, 409, 425, 429) or status >= 500:
-            return Outcome(Kind.RETRY, resp.describe(), retry_after)
+            reason = "server_error" if status >= 500 else "busy"
+            return Outcome(Kind.RETRY, resp.describe(), retry_after, reason=reason, status=status)
         if status in (401, 403, 407):
             return Outcome(
                 Kind.AUTH,
                 f"authentication failed ({resp.describe()}): check uplink.http.key_id, the "
                 "secret and the gateway id registered at the platform",
                 retry_after,
+                reason="auth",
+                status=status,
             )
         if status in (404, 405):
             return Outcome(
@@ -228,6 +261,8 @@ class HttpTransport:
                 f"the platform does not serve this API here ({resp.describe()}): "
                 "check uplink.http.url",
                 retry_after,
+                reason="wrong_url",
+                status=status,
             )
         if 300 <= status < 400:
             return Outcome(
@@ -235,12 +270,20 @@ class HttpTransport:
                 f"redirected to {resp.headers.get('Location')!r} ({status}); "
                 "set uplink.http.url to the final address",
                 retry_after,
+                reason="redirect",
+                status=status,
             )
         if status == 413 or (status == 400 and resp.error_code() == "invalid_record"):
-            return Outcome(Kind.SPLIT, resp.describe())
+            return Outcome(Kind.SPLIT, resp.describe(), status=status)
         if 400 <= status < 500:
-            return Outcome(Kind.POISON, resp.describe())
-        return Outcome(Kind.RETRY, f"unexpected answer {resp.describe()}", retry_after)
+            return Outcome(Kind.POISON, resp.describe(), status=status)
+        return Outcome(
+            Kind.RETRY,
+            f"unexpected answer {resp.describe()}",
+            retry_after,
+            reason="unexpected",
+            status=status,
+        )
 
     def retry_after(self, value: str | None) -> float | None:
         if not value:

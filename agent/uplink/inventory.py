@@ -58,7 +58,8 @@ class InventorySender:
         if canonical == self._sent:
             return None
         started = time.monotonic()
-        outcome = await self._transport.put_inventory(canonical)
+        with self._link.sending():
+            outcome = await self._transport.put_inventory(canonical)
         if outcome.kind in (Kind.RETRY, Kind.AUTH):
             self._checked = float("-inf")
             return self._link.failed(outcome)
@@ -71,6 +72,8 @@ class InventorySender:
             )
         else:
             # The platform will not take this inventory; records still go.
-            self._link.problem(f"inventory rejected: {outcome.error}")
+            self._link.problem(
+                f"inventory rejected: {outcome.error}", "inventory_rejected", outcome.status
+            )
             self._log.error("uplink.inventory_rejected", error=outcome.error)
         return outcome

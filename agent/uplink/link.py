@@ -9,9 +9,10 @@ of failure, never one per retry. The delays come from :mod:`agent.backoff`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -70,6 +71,16 @@ class Link:
         self._down_since_ms = None
         state.connected = True
 
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around a request of the records path (a batch, the inventory): while it waits for
+        its answer the page shows the link as sending, then stalled."""
+        self.state.sending_since_ms = self.wall_ms()
+        try:
+            yield
+        finally:
+            self.state.sending_since_ms = None
+
     def failed(self, outcome: Outcome) -> Outcome:
         """Count a RETRY or AUTH outcome; returns it, for ``return link.failed(outcome)``."""
         state = self.state
@@ -77,6 +88,8 @@ class Link:
         state.connected = False
         state.batches_failed += 1
         state.last_error = outcome.error
+        state.last_error_reason = outcome.reason or "unexpected"
+        state.last_error_status = outcome.status
         state.last_error_ms = now
         self.failures += 1
         category = f"{outcome.kind.value}:{(outcome.error or '')[:40]}"
@@ -91,9 +104,11 @@ class Link:
         self._category = category
         return outcome
 
-    def problem(self, error: str) -> None:
+    def problem(self, error: str, reason: str, status: int | None = None) -> None:
         """Show a problem that does not take the link down (an inventory refused)."""
         self.state.last_error = error
+        self.state.last_error_reason = reason
+        self.state.last_error_status = status
         self.state.last_error_ms = self.wall_ms()
 
     def delay(self, failures: int, retry_after_s: float | None = None) -> float:

@@ -168,7 +168,8 @@ class UploadPump:
 
     async def _send(self, payload: Payload) -> Outcome:
         started = time.monotonic()
-        outcome = await self._transport.send(payload)
+        with self._link.sending():
+            outcome = await self._transport.send(payload)
         batch = payload.batch
         if outcome.kind is Kind.ACK:
             problem = ack_problem(
@@ -182,6 +183,8 @@ class UploadPump:
                     Kind.RETRY,
                     f"the platform's answer is not an acknowledgement ({problem}); nothing "
                     f"was deleted: check uplink.{self._transport.name}.url",
+                    reason="not_ack",
+                    status=outcome.status,
                 )
         if outcome.kind in (Kind.RETRY, Kind.AUTH):
             return self._link.failed(outcome)
@@ -189,6 +192,7 @@ class UploadPump:
         self._link.succeeded(time.monotonic() - started)
         if outcome.kind is Kind.ACK:
             state = self._state
+            state.last_ack_ms = self._link.wall_ms()
             state.records_sent += len(batch.records)
             state.bytes_sent += len(payload.gzipped)
             state.batches_sent += 1
@@ -221,7 +225,15 @@ class UploadPump:
                     error=outcome.error or "",
                     set_aside=POISON_RUN_MAX,
                 )
-        return self._link.failed(Outcome(Kind.AUTH, error, outcome.retry_after_s))
+        return self._link.failed(
+            Outcome(
+                Kind.AUTH,
+                error,
+                outcome.retry_after_s,
+                reason="refusing_everything",
+                status=outcome.status,
+            )
+        )
 
     async def _set_aside(self, batch: Batch, reason: str) -> None:
         await self._buffer.set_aside(batch, reason)

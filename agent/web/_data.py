@@ -221,7 +221,16 @@ def status_payload(runtime: AgentView, probes: Probes, throughput: Throughput) -
         else None
     )
     uplink = state.uplink.as_dict()
+    # The page shows the reason code (translated) and the HTTP status, never the error text: for
+    # a network failure that is an exception's words, in English, with addresses in it.
+    del uplink["last_error"]
     uplink["configured"] = cfg.uplink.http is not None
+    uplink["state"] = (
+        state.uplink.link(now, cfg.uplink.http.stalled_after_s)
+        if cfg.uplink.http is not None
+        else "none"
+    )
+    uplink["stalled_after_s"] = cfg.uplink.http.stalled_after_s if cfg.uplink.http else None
     disabled = sum(not d.enabled for d in cfg.devices)
     states = list(state.devices.values())
     problems = sorted(

@@ -232,15 +232,20 @@
     fill(main, data);
     const up = data.uplink;
     const state = document.getElementById("uplink-state");
-    let key = "uplink.none";
-    let cls = "state muted";
-    if (up.configured) {
-      key = up.connected ? "uplink.connected" : "uplink.disconnected";
-      cls = up.connected ? "state good" : "state bad";
-    }
-    state.className = cls;
-    state.textContent = T(key);
-    state.dataset.value = up.configured ? String(up.connected) : "none";
+    // connected, sending (since when), stalled (no answer within the bound), disconnected.
+    const tone = { none: "muted", connected: "good", sending: "good", stalled: "bad", disconnected: "bad" };
+    let text = T(`uplink.${up.state}`);
+    if (up.state === "sending" || up.state === "stalled") text += ` · ${T("uplink.sending_since", { ago: fmtAgo(up.sending_since_ms) })}`;
+    state.className = `state ${tone[up.state] || "muted"}`;
+    state.textContent = text;
+    state.dataset.value = up.state;
+    const error = document.getElementById("uplink-error");
+    const reason = up.last_error_reason;
+    const said = reason ? T(`uplink.reason.${reason}`) + (up.last_error_status ? ` (HTTP ${up.last_error_status})` : "") : EMPTY;
+    if (error.textContent !== said) error.textContent = said;
+    error.className = reason ? "err" : "muted";
+    error.title = reason || "";
+    error.dataset.reason = reason || "";
 
     const rows = data.problems.map((p) =>
       el("tr", { class: `health-${p.health}`, "data-id": p.id },
