@@ -239,13 +239,22 @@ async def test_overview_figures_equal_the_api(
     started = datetime.datetime.fromtimestamp(
         values["started_ms"] / 1000, zoneinfo.ZoneInfo("Asia/Shanghai")
     )
-    await expect(page.locator("#card-gateway [data-f='started_ms']")).to_contain_text(
-        started.strftime("%H:%M:%S")
-    )
+    # ISO 8601 in both languages (the English page once showed the US month-first order).
+    iso = started.strftime("%Y-%m-%d %H:%M:%S")
+    await expect(page.locator("#card-gateway [data-f='started_ms']")).to_have_text(iso)
     await expect(page.locator("#card-devices [data-f='devices.total']")).to_have_text(
         str(after["devices"]["total"])
     )
+    # An empty error field is a muted dash, not a red one.
+    empty = page.locator(".err[data-empty]")
+    assert await empty.count() >= 1
+    assert await empty.first.evaluate("e => getComputedStyle(e).color") == "rgb(101, 109, 118)"
     await shot(page, "overview")
+    await page.click("#lang-en")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.locator("#card-gateway [data-f='started_ms']")).to_have_text(iso)
+    await page.click("#lang-zh")
+    await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     no_script_errors(page)
 
 
@@ -385,6 +394,14 @@ async def test_devices_search_and_config_pages(
     await page.fill("#q", "5号楼")
     await expect(rows).to_have_count(4)
     await expect(page).to_have_url(re.compile(r"\?q=5"))
+    # Switching language keeps the filter (it once went back to the whole list).
+    await page.click("#lang-en")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page).to_have_url(re.compile(r"\?q=5"))
+    await expect(page.locator("#q")).to_have_value("5号楼")
+    await expect(rows).to_have_count(4)
+    await page.click("#lang-zh")
+    await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     await page.fill("#q", "")
     await page.select_option("#health", "disabled")
     await expect(rows).to_have_count(1)
@@ -599,3 +616,30 @@ async def test_a_hanging_platform_shows_stalled_then_the_reason(
         release.set()
         assert proc.stop() == 0
         await runner.cleanup()
+
+
+async def test_keyboard_only_test_read_keeps_the_focus(
+    agent: tuple[AgentProcess, str], context: BrowserContext
+) -> None:
+    """Tab to the test-read button, Enter, and the focus is still on it afterwards (a disabled
+    button used to drop it to <body> while the read ran)."""
+    _, url = agent
+    page = await login(context, url, "tech", TECH_PASSWORD)
+    await page.goto(url + "/devices/meter-1")
+    await expect(page.locator("#points tr[data-point='energy']")).to_be_visible()
+    for _ in range(60):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.id") == "test-read":
+            break
+    else:
+        raise AssertionError("the test-read button cannot be reached with Tab")
+    await page.keyboard.press("Enter")
+    result = page.locator("#test-result")
+    await expect(result).to_have_attribute("data-ok", "true")
+    await expect(page.locator("#test-read")).not_to_have_attribute("aria-disabled", "true")
+    assert await page.evaluate("document.activeElement.id") == "test-read"
+    # Enter again: a second read, from the same place.
+    await page.keyboard.press("Enter")
+    await expect(result.locator("tr[data-point='energy']")).to_be_visible()
+    assert await page.evaluate("document.activeElement.id") == "test-read"
+    no_script_errors(page)

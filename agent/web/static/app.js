@@ -37,24 +37,33 @@
   let tz = body.dataset.tz || "UTC";
   let fullTime;
   let clockTime;
+  // ISO 8601 (2026-12-05 02:04:44) in the gateway's timezone, in every language: built from the
+  // formatter's parts, so no locale's order (US month first) or separators leak in.
+  function formatters(zone) {
+    return [
+      new Intl.DateTimeFormat("en-GB", {
+        timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+      }),
+      new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "2-digit", minute: "2-digit", hourCycle: "h23" }),
+    ];
+  }
   try {
-    fullTime = new Intl.DateTimeFormat(LANG, {
-      timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
-      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
-    });
-    clockTime = new Intl.DateTimeFormat(LANG, {
-      timeZone: tz, hour: "2-digit", minute: "2-digit", hourCycle: "h23",
-    });
+    [fullTime, clockTime] = formatters(tz);
   } catch (e) {
     tz = "UTC";
-    fullTime = new Intl.DateTimeFormat(LANG, { timeZone: "UTC", dateStyle: "short", timeStyle: "medium" });
-    clockTime = new Intl.DateTimeFormat(LANG, { timeZone: "UTC", timeStyle: "short" });
+    [fullTime, clockTime] = formatters("UTC");
   }
   const numberFormat = new Intl.NumberFormat(LANG);
   let serverNow = Date.now();
 
   function fmtNum(v) { return typeof v === "number" ? numberFormat.format(v) : EMPTY; }
-  function fmtTime(ms) { return typeof ms === "number" ? fullTime.format(new Date(ms)) : EMPTY; }
+  function fmtTime(ms) {
+    if (typeof ms !== "number") return EMPTY;
+    const p = {};
+    for (const { type, value } of fullTime.formatToParts(new Date(ms))) p[type] = value;
+    return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`;
+  }
   function fmtDuration(s) {
     if (typeof s !== "number") return EMPTY;
     s = Math.max(0, Math.floor(s));
@@ -132,6 +141,8 @@
       const text = format ? format(value) : (value === null || value === undefined || value === "" ? EMPTY : String(value));
       if (el.textContent !== text) el.textContent = text;
       el.dataset.value = value === undefined ? "" : JSON.stringify(value);
+      // An empty field is a muted dash, never a red one (CSS: [data-empty]).
+      if (text === EMPTY) el.dataset.empty = ""; else delete el.dataset.empty;
     }
   }
 
@@ -518,10 +529,23 @@
       box.dataset.ok = String(ok);
     }
 
+    // A button at work is aria-disabled, not disabled: a disabled button loses the keyboard
+    // focus (to <body>), and a keyboard user would have to find their place again.
+    function busy(button, on) {
+      if (on) {
+        button.setAttribute("aria-disabled", "true");
+        button.dataset.busy = "";
+      } else {
+        button.removeAttribute("aria-disabled");
+        delete button.dataset.busy;
+      }
+    }
+
     const testButton = document.getElementById("test-read");
     testButton.addEventListener("click", async () => {
+      if ("busy" in testButton.dataset) return;
       const box = document.getElementById("test-result");
-      testButton.disabled = true;
+      busy(testButton, true);
       box.dataset.ok = "";
       box.replaceChildren(el("p", { class: "muted", text: T("device.reading") }));
       try {
@@ -540,7 +564,7 @@
       } catch (e) {
         showResult(box, false, T("device.request_failed", { error: e.message }));
       } finally {
-        testButton.disabled = false;
+        busy(testButton, false);
       }
     });
 
@@ -568,6 +592,7 @@
       ev.preventDefault();
       const box = document.getElementById("cmd-result");
       const send = document.getElementById("cmd-send");
+      if ("busy" in send.dataset) return;
       box.dataset.ok = "";
       let args;
       try {
@@ -576,7 +601,7 @@
         showResult(box, false, e.message);
         return;
       }
-      send.disabled = true;
+      busy(send, true);
       try {
         const action = document.getElementById("cmd-action").value;
         const r = await api(`${base}/commands`, {
@@ -592,7 +617,7 @@
       } catch (e) {
         showResult(box, false, T("device.request_failed", { error: e.message }));
       } finally {
-        send.disabled = false;
+        busy(send, false);
       }
     });
 
@@ -680,6 +705,13 @@
   }
   for (const b of document.querySelectorAll(".lang button")) {
     if (b.value === LANG) b.setAttribute("aria-pressed", "true");
+  }
+  // The filters live in the address (replaceState): switching language comes back to them.
+  for (const form of document.querySelectorAll("form.lang")) {
+    form.addEventListener("submit", () => {
+      const next = form.querySelector("input[name=next]");
+      if (next) next.value = window.location.pathname + window.location.search;
+    });
   }
 
   if (PAGE === "overview") {
