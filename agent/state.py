@@ -186,7 +186,7 @@ class UplinkState:
     connected: bool = False
     last_success_ms: int | None = None
     last_error: str | None = None
-    """For logs and the raw detail on the page; the page shows the reason."""
+    """The full text, for the log and tests; the page gets only the reason and status."""
     last_error_reason: str | None = None
     """The last error as a code (:data:`agent.uplink.base.LINK_REASONS`)."""
     last_error_status: int | None = None

@@ -61,18 +61,16 @@ def network_reason(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         return "tls"
+    # aiohttp wraps a failed connect; the OS error inside says why.
+    cause: BaseException = exc
+    otherwise = "network"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-        if isinstance(cause, socket.gaierror):
-            return "dns"
-        if isinstance(cause, ConnectionRefusedError):
-            return "refused"
-        return "unreachable"
-    if isinstance(exc, socket.gaierror):
+        cause, otherwise = exc.os_error, "unreachable"
+    if isinstance(cause, socket.gaierror):
         return "dns"
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(cause, ConnectionRefusedError):
         return "refused"
-    return "network"
+    return otherwise
 
 
 _JSON: Final = {"Content-Type": "application/json"}
@@ -231,10 +229,12 @@ class HttpTransport:
                 reason="too_large",
             )
         except _NETWORK_ERRORS as exc:
-            if isinstance(exc, TimeoutError):
-                return Outcome(Kind.RETRY, "timed out waiting for the platform", reason="timeout")
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return Outcome(Kind.RETRY, text, reason=network_reason(exc))
+            reason = network_reason(exc)
+            if reason == "timeout":
+                text = "timed out waiting for the platform"
+            else:
+                text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return Outcome(Kind.RETRY, text, reason=reason)
         return self.classify(resp)
 
     def classify(self, resp: _Response) -> Outcome:

@@ -224,13 +224,10 @@ def status_payload(runtime: AgentView, probes: Probes, throughput: Throughput) -
     # The page shows the reason code (translated) and the HTTP status, never the error text: for
     # a network failure that is an exception's words, in English, with addresses in it.
     del uplink["last_error"]
-    uplink["configured"] = cfg.uplink.http is not None
-    uplink["state"] = (
-        state.uplink.link(now, cfg.uplink.http.stalled_after_s)
-        if cfg.uplink.http is not None
-        else "none"
-    )
-    uplink["stalled_after_s"] = cfg.uplink.http.stalled_after_s if cfg.uplink.http else None
+    http = cfg.uplink.http
+    uplink["configured"] = http is not None
+    uplink["state"] = "none" if http is None else state.uplink.link(now, http.stalled_after_s)
+    uplink["stalled_after_s"] = None if http is None else http.stalled_after_s
     disabled = sum(not d.enabled for d in cfg.devices)
     states = list(state.devices.values())
     problems = sorted(

@@ -254,7 +254,7 @@
     const reason = up.last_error_reason;
     const said = reason ? T(`uplink.reason.${reason}`) + (up.last_error_status ? ` (HTTP ${up.last_error_status})` : "") : EMPTY;
     if (error.textContent !== said) error.textContent = said;
-    error.className = reason ? "err" : "muted";
+    if (reason) delete error.dataset.empty; else error.dataset.empty = "";
     error.title = reason || "";
     error.dataset.reason = reason || "";
 
@@ -532,18 +532,14 @@
     // A button at work is aria-disabled, not disabled: a disabled button loses the keyboard
     // focus (to <body>), and a keyboard user would have to find their place again.
     function busy(button, on) {
-      if (on) {
-        button.setAttribute("aria-disabled", "true");
-        button.dataset.busy = "";
-      } else {
-        button.removeAttribute("aria-disabled");
-        delete button.dataset.busy;
-      }
+      if (on) button.setAttribute("aria-disabled", "true");
+      else button.removeAttribute("aria-disabled");
     }
+    const isBusy = (button) => button.getAttribute("aria-disabled") === "true";
 
     const testButton = document.getElementById("test-read");
     testButton.addEventListener("click", async () => {
-      if ("busy" in testButton.dataset) return;
+      if (isBusy(testButton)) return;
       const box = document.getElementById("test-result");
       busy(testButton, true);
       box.dataset.ok = "";
@@ -592,7 +588,7 @@
       ev.preventDefault();
       const box = document.getElementById("cmd-result");
       const send = document.getElementById("cmd-send");
-      if ("busy" in send.dataset) return;
+      if (isBusy(send)) return;
       box.dataset.ok = "";
       let args;
       try {
