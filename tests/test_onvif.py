@@ -98,6 +98,22 @@ class Rig:
         await self.bench.aclose()
 
 
+async def run_until_health(config: OnvifCamera, health: tuple[str, str | None]) -> None:
+    """The driver alone on a Standalone context (no simulated camera) until its camera's health
+    is ``health``; then stopped."""
+    bench = Standalone()
+    task = asyncio.create_task(OnvifDriver(config, bench.context(config)).run())
+    try:
+        await async_wait_until(
+            lambda: bench.health.get(config.id) == health, what=f"health {health}"
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bench.aclose()
+
+
 @contextlib.asynccontextmanager
 async def rig(
     tmp_path: Path,
@@ -429,18 +445,7 @@ async def test_an_unreachable_camera_is_down_and_its_secret_never_logged(
             "password": {"file": str(password_file)},
         }
     )
-    bench = Standalone()
-    driver = OnvifDriver(config, bench.context(config))
-    task = asyncio.create_task(driver.run())
-    try:
-        await async_wait_until(
-            lambda: bench.health.get("gone") == ("down", "unreachable"), what="unreachable"
-        )
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bench.aclose()
+    await run_until_health(config, ("down", "unreachable"))
     assert "Very-secret-1" not in capsys.readouterr().err
 
 
@@ -454,16 +459,7 @@ async def test_a_password_file_that_cannot_be_read_is_secret_unreadable(tmp_path
             "password": {"file": str(tmp_path / "missing")},
         }
     )
-    bench = Standalone()
-    task = asyncio.create_task(OnvifDriver(config, bench.context(config)).run())
-    try:
-        await async_wait_until(
-            lambda: bench.health.get("c") == ("down", "secret_unreadable"), what="unreadable"
-        )
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await run_until_health(config, ("down", "secret_unreadable"))
 
 
 # ---------------------------------------------------------------------- snapshots

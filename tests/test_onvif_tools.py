@@ -20,6 +20,7 @@ from drivers.onvif.simulator import (
     DEFAULT_PASSWORD,
     CameraSimulator,
     CameraSpec,
+    SimulatedCamera,
     serve_discovery,
 )
 
@@ -72,6 +73,11 @@ def password_file(tmp_path: Path) -> Path:
     path.write_text(DEFAULT_PASSWORD + "\n")
     path.chmod(0o600)
     return path
+
+
+def _login(camera: SimulatedCamera) -> tuple[str, ...]:
+    """``read onvif``'s address and user for ``camera`` (the password is given per test)."""
+    return ("127.0.0.1", "--port", str(camera.port), "--user", "admin")
 
 
 def _free_udp_port() -> int:
@@ -151,7 +157,7 @@ async def test_read_onvif_prints_the_inventory_clock_and_events(
 ) -> None:
     camera = simulator.cameras["cam-gate"]
     camera.set_clock_offset(-42)
-    common = ("127.0.0.1", "--port", str(camera.port), "--user", "admin")
+    common = _login(camera)
     answer = await edge_agent(
         "read", "onvif", *common, "--password-file", str(password_file), "--json"
     )
@@ -185,7 +191,7 @@ async def test_read_onvif_with_a_wrong_password_is_auth_failed(
     camera = simulator.cameras["cam-gate"]
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")
-    common = ("127.0.0.1", "--port", str(camera.port), "--user", "admin")
+    common = _login(camera)
     answer = await edge_agent("read", "onvif", *common, "--password-file", str(wrong), "--json")
     table = await edge_agent("read", "onvif", *common, "--password-file", str(wrong))
     assert answer.code == 2, answer.stderr
@@ -201,7 +207,7 @@ async def test_read_onvif_with_a_password_file_that_cannot_be_read(
     camera = simulator.cameras["cam-gate"]
     empty = tmp_path / "empty.password"
     empty.write_text("\n")
-    common = ("127.0.0.1", "--port", str(camera.port), "--user", "admin")
+    common = _login(camera)
     for path in (tmp_path / "missing.password", empty):
         result = await edge_agent("read", "onvif", *common, "--password-file", str(path))
         assert result.code == 2

@@ -4,18 +4,24 @@ reason code both catalogs translate, never an exception's text."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from test_web_support import WebClient, base_url, running_agent, wait_until
+from test_web_support import (
+    WebClient,
+    base_url,
+    hanging_platform,
+    http_server,
+    running_agent,
+    uplink_to,
+    wait_until,
+)
 
 from agent.state import UplinkState
 from agent.uplink.base import LINK_REASONS
@@ -53,20 +59,6 @@ def test_the_link_state_follows_what_is_in_flight() -> None:
     assert state.link(13_001, 5) == "stalled"
 
 
-@contextlib.asynccontextmanager
-async def server(handler: Any) -> AsyncIterator[int]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
-
-
 def _closed_port() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
@@ -91,7 +83,7 @@ async def test_network_failures_get_their_reason() -> None:
     async def plain(request: web.Request) -> web.Response:
         return web.Response(text="not TLS")
 
-    async with server(plain) as port:
+    async with http_server(plain) as port:
         tls = await _failure(f"https://127.0.0.1:{port}/", ssl=ssl.create_default_context())
     assert network_reason(tls) == "tls"
     assert network_reason(socket.gaierror(-2, "Name or service not known")) == "dns"
@@ -100,32 +92,11 @@ async def test_network_failures_get_their_reason() -> None:
     assert all(reason in LINK_REASONS for reason in ("refused", "tls", "dns", "timeout", "network"))
 
 
-def _uplink(tmp_path: Path, port: int, **extra: Any) -> dict[str, Any]:
-    secret = tmp_path / "uplink.key"
-    secret.write_text("s" * 32 + "\n")
-    http = {
-        "url": f"http://127.0.0.1:{port}",
-        "key_id": "gw-test",
-        "secret": {"file": str(secret)},
-        "commands": False,
-        "first_attempt_jitter_s": 0,
-        "backoff_cap_s": 0.5,
-        **extra,
-    }
-    return {"http": http}
-
-
 async def test_a_hanging_platform_shows_stalled_within_the_bound(tmp_path: Path) -> None:
     """The platform accepts the connection and never answers. The page said "connected" for
     the whole 30 s timeout before; now it says "stalled" once a batch has waited 1 s."""
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(status=503)
-
-    async with server(hang) as port:
-        uplink = _uplink(tmp_path, port, timeout_s=30, stalled_after_s=1)
+    async with hanging_platform() as (port, release):
+        uplink = uplink_to(tmp_path, port, backoff_cap_s=0.5, timeout_s=30, stalled_after_s=1)
         async with (
             running_agent(tmp_path / "agent", uplink=uplink) as runtime,
             WebClient(base_url(runtime)) as client,
@@ -158,7 +129,7 @@ async def test_a_platform_that_refuses_connections_is_disconnected_refused(
     tmp_path: Path,
 ) -> None:
     with _closed_port() as sock:
-        uplink = _uplink(tmp_path, sock.getsockname()[1], timeout_s=2)
+        uplink = uplink_to(tmp_path, sock.getsockname()[1], backoff_cap_s=0.5, timeout_s=2)
         async with (
             running_agent(tmp_path / "agent", uplink=uplink) as runtime,
             WebClient(base_url(runtime)) as client,

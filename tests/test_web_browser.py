@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from agent_proc import ROOT, AgentProcess, sim_device, write_config
-from test_web_support import TECH_PASSWORD, VIEW_PASSWORD, default_devices, web_section
+from test_web_support import (
+    TECH_PASSWORD,
+    VIEW_PASSWORD,
+    default_devices,
+    hanging_platform,
+    uplink_to,
+    web_section,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -566,56 +573,29 @@ async def test_a_hanging_platform_shows_stalled_then_the_reason(
     """A platform that accepts and never answers is "stalled" on the overview once a request
     has waited stalled_after_s (not "connected" for the whole timeout); its 503 afterwards is
     shown translated, with the status, never as an exception's text."""
-    from aiohttp import web
-
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(status=503)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    directory = tmp_path_factory.mktemp("web-stalled")
-    secret = directory / "uplink.key"
-    secret.write_text("s" * 32 + "\n")
-    uplink = {
-        "http": {
-            "url": f"http://127.0.0.1:{port}",
-            "key_id": "gw-test",
-            "secret": {"file": str(secret)},
-            "commands": False,
-            "first_attempt_jitter_s": 0,
-            "timeout_s": 60,
-            "stalled_after_s": 2,
-        }
-    }
-    path = write_config(
-        directory, [sim_device("sim-1", interval_s=1)], web=web_section(), uplink=uplink
-    )
-    proc = AgentProcess(path)
-    try:
-        url = f"http://127.0.0.1:{proc.wait_event('web.listening')['port']}"
-        page = await login(context, url, "view", VIEW_PASSWORD)
-        state = page.locator("#uplink-state")
-        await expect(state).to_have_attribute("data-value", "stalled", timeout=10_000)
-        await expect(state).to_contain_text("停滞：平台无应答")
-        await shot(page, "overview-uplink-stalled")
-        release.set()
-        await expect(state).to_have_attribute("data-value", "disconnected", timeout=10_000)
-        error = page.locator("#uplink-error")
-        await expect(error).to_have_text("平台内部错误 (HTTP 503)")
-        await expect(error).to_have_attribute("title", "server_error")
-        no_script_errors(page)
-    finally:
-        release.set()
-        assert proc.stop() == 0
-        await runner.cleanup()
+    async with hanging_platform() as (port, release):
+        directory = tmp_path_factory.mktemp("web-stalled")
+        uplink = uplink_to(directory, port, timeout_s=60, stalled_after_s=2)
+        path = write_config(
+            directory, [sim_device("sim-1", interval_s=1)], web=web_section(), uplink=uplink
+        )
+        proc = AgentProcess(path)
+        try:
+            url = f"http://127.0.0.1:{proc.wait_event('web.listening')['port']}"
+            page = await login(context, url, "view", VIEW_PASSWORD)
+            state = page.locator("#uplink-state")
+            await expect(state).to_have_attribute("data-value", "stalled", timeout=10_000)
+            await expect(state).to_contain_text("停滞：平台无应答")
+            await shot(page, "overview-uplink-stalled")
+            release.set()
+            await expect(state).to_have_attribute("data-value", "disconnected", timeout=10_000)
+            error = page.locator("#uplink-error")
+            await expect(error).to_have_text("平台内部错误 (HTTP 503)")
+            await expect(error).to_have_attribute("title", "server_error")
+            no_script_errors(page)
+        finally:
+            release.set()
+            assert proc.stop() == 0
 
 
 async def test_keyboard_only_test_read_keeps_the_focus(

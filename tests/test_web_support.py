@@ -16,6 +16,7 @@ from typing import Any, Self
 
 import aiohttp
 from agent_proc import sim_device, write_config
+from aiohttp import web
 
 from agent.app import App
 from agent.clock import Clock
@@ -34,6 +35,53 @@ def password_hash(password: str) -> str:
     if password not in _HASHES:
         _HASHES[password] = hash_password(password)
     return _HASHES[password]
+
+
+@contextlib.asynccontextmanager
+async def http_server(handler: Any) -> AsyncIterator[int]:
+    """An aiohttp server on 127.0.0.1 answering every path with ``handler``; yields its port."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def hanging_platform() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A platform that accepts every request and answers nothing until the event is set, then
+    503. Yields its port and the event (set on the way out, so no request is left hanging)."""
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=503)
+
+    try:
+        async with http_server(hang) as port:
+            yield port, release
+    finally:
+        release.set()
+
+
+def uplink_to(directory: Path, port: int, **extra: Any) -> dict[str, Any]:
+    """An ``uplink:`` section for a platform on 127.0.0.1:``port`` (no commands, no jitter),
+    its secret in a file in ``directory``."""
+    secret = directory / "uplink.key"
+    secret.write_text("s" * 32 + "\n")
+    http = {
+        "url": f"http://127.0.0.1:{port}",
+        "key_id": "gw-test",
+        "secret": {"file": str(secret)},
+        "commands": False,
+        "first_attempt_jitter_s": 0,
+        **extra,
+    }
+    return {"http": http}
 
 
 def web_section(**overrides: Any) -> dict[str, Any]:
